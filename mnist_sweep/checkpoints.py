@@ -1,0 +1,67 @@
+"""The saved model: one torch.save'd dict from which the classifier is rebuilt alone."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mnist_sweep.models import MLP, Classifier
+
+FORMAT = "mnist_sweep.checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A file that is missing, damaged or not a mnist_sweep checkpoint."""
+
+
+def save_checkpoint(
+    path: Path,
+    model: MLP,
+    model_config: dict[str, Any],
+    normalization: dict[str, float],
+    class_names: list[str],
+    metrics: dict[str, float],
+    config: dict[str, Any],
+) -> Path:
+    """Write everything `load_model` needs, plus the run's config, metrics and library versions."""
+    checkpoint = {
+        "format": FORMAT,
+        "state_dict": {key: value.cpu() for key, value in model.state_dict().items()},
+        "model_config": model_config,
+        "normalization": normalization,
+        "class_names": class_names,
+        "metrics": metrics,
+        "config": config,
+        "versions": {name: version(name) for name in ("torch", "torchvision", "mnist_sweep")},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+    return path
+
+
+def read_checkpoint(path: Path | str) -> dict[str, Any]:
+    """The checkpoint dict, loaded with weights_only=True; CheckpointError if it is not ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as error:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({error})") from error
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a mnist_sweep checkpoint (expected format {FORMAT})")
+    return checkpoint
+
+
+def load_model(path: Path | str) -> Classifier:
+    """The saved classifier in eval mode: (N, 1, 28, 28) images in [0, 1] to (N, 10) probabilities."""
+    checkpoint = read_checkpoint(path)
+    net = MLP(**checkpoint["model_config"])
+    net.load_state_dict(checkpoint["state_dict"])
+    normalization = checkpoint["normalization"]
+    return Classifier(net, normalization["mean"], normalization["std"]).eval()

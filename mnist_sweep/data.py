@@ -1,0 +1,241 @@
+"""MNIST on disk and in memory: verified raw files, splits, and the two batch loaders."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Subset
+from torchvision import datasets, transforms
+
+from mnist_sweep.config import DataConfig, Loader
+
+log = logging.getLogger(__name__)
+
+CLASS_NAMES = [str(digit) for digit in range(10)]
+IMAGE_SHAPE = (1, 28, 28)
+RAW_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+_PACKAGED = resources.files("mnist_sweep") / "mnist_files"
+
+
+class DataIntegrityError(RuntimeError):
+    """A data file whose content is not the one its digest promises."""
+
+
+class DataMissingError(FileNotFoundError):
+    """No local copy of a raw file, and downloading is switched off."""
+
+
+def default_data_root() -> Path:
+    """Where extracted datasets live when `data.root` is null: a per-user cache."""
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "mnist_sweep"
+
+
+def expected_digests() -> dict[str, str]:
+    """SHA-256 of each decompressed raw file, as shipped in SHA256SUMS."""
+    lines = (_PACKAGED / "SHA256SUMS").read_text().split("\n")
+    return {name: digest for digest, name in (line.split() for line in lines if line.strip())}
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check(data: bytes, name: str, expected: str, source: object) -> None:
+    actual = _sha256(data)
+    if actual != expected:
+        raise DataIntegrityError(
+            f"{source}: SHA-256 of {name} is {actual}, expected {expected}; "
+            "the file is corrupted, truncated or not the MNIST original, and was not used"
+        )
+
+
+def _read_source(source: Path, name: str, expected: str) -> bytes:
+    try:
+        data = gzip.decompress(source.read_bytes())
+    except (OSError, EOFError) as error:
+        raise DataIntegrityError(
+            f"{source}: cannot decompress {name} ({error}); expected SHA-256 {expected}; "
+            "the file was not used"
+        ) from error
+    _check(data, name, expected, source)
+    return data
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
+        tmp.write(data)
+    os.replace(tmp.name, path)
+
+
+def ensure_raw_files(root: Path, source_dir: Path | None = None) -> Path:
+    """Put verified raw IDX files in `root/MNIST/raw`, where torchvision looks; returns that folder.
+
+    A cached file that fails its digest is replaced from the packaged copy; a packaged or
+    `source_dir` file that fails raises DataIntegrityError naming it and the expected digest.
+    """
+    raw_dir = root / "MNIST" / "raw"
+    digests = expected_digests()
+    for name in RAW_FILES:
+        target = raw_dir / name
+        if target.exists():
+            if _sha256(target.read_bytes()) == digests[name]:
+                continue
+            log.warning("%s fails its SHA-256 check; replacing it from the packaged copy", target)
+        source = (Path(source_dir) if source_dir else Path(str(_PACKAGED))) / f"{name}.gz"
+        if not source.exists():
+            raise DataMissingError(f"no local copy of {name}: {source} does not exist")
+        _write_atomically(target, _read_source(source, name, digests[name]))
+    return raw_dir
+
+
+def torchvision_dataset(
+    root: str | None, download: bool, train: bool, transform: transforms.Compose | None = None
+) -> datasets.MNIST:
+    """The torchvision MNIST dataset over verified local files (downloads only if allowed)."""
+    folder = Path(root) if root else default_data_root()
+    try:
+        ensure_raw_files(folder)
+    except DataMissingError as error:
+        if not download:
+            raise DataMissingError(f"{error}; set data.download=true to let torchvision fetch it")
+        log.warning("%s; downloading with torchvision", error)
+    return datasets.MNIST(folder, train=train, transform=transform, download=download)
+
+
+def seed_transform(config: DataConfig) -> transforms.Compose:
+    """The seed project's per-image pipeline: ToTensor, Normalize, flatten for the MLP."""
+    return transforms.Compose(
+        [
+            transforms.ToTensor(),
+            transforms.Normalize((config.mean,), (config.std,)),
+            transforms.Lambda(torch.flatten),
+        ]
+    )
+
+
+def split_indices(n_train: int, config: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded split of the training images into (train, validation) index tensors."""
+    if config.val_size >= n_train:
+        raise ValueError(f"data.val_size={config.val_size} leaves no training images")
+    order = torch.randperm(n_train, generator=torch.Generator().manual_seed(config.split_seed))
+    train_idx, val_idx = order[config.val_size :], order[: config.val_size]
+    if config.train_subset is not None:
+        train_idx = train_idx[: config.train_subset]
+    return train_idx, val_idx
+
+
+@dataclass
+class Loaders:
+    train: TensorBatches | DataLoader
+    val: TensorBatches | DataLoader
+    test: TensorBatches | DataLoader
+
+
+class TensorBatches:
+    """Batches sliced from tensors already on the device; a fresh permutation per pass if shuffled."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        indices: torch.Tensor,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.indices = indices.to(images.device)
+        self.batch_size, self.generator, self.drop_last = batch_size, generator, drop_last
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.indices), self.batch_size)
+        return full if self.drop_last or rest == 0 else full + 1
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.indices
+        if self.generator is not None:
+            perm = torch.randperm(len(order), generator=self.generator).to(order.device)
+            order = order[perm]
+        for batch in range(len(self)):
+            idx = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            yield self.images[idx], self.labels[idx]
+
+
+def normalized_tensors(
+    config: DataConfig, train: bool, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole split as normalized, flattened float32 on `device`; loaded once per process."""
+    # Keyed on what changes the tensors only, so every run of a sweep shares one copy.
+    return _normalized_tensors(
+        config.root, config.download, config.mean, config.std, train, device
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _normalized_tensors(
+    root: str | None, download: bool, mean: float, std: float, train: bool, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    dataset = torchvision_dataset(root, download, train)
+    images = dataset.data.to(device).flatten(1).float().div_(255)
+    images.sub_(mean).div_(std)
+    return images, dataset.targets.to(device)
+
+
+def tensor_loaders(config: DataConfig, device: torch.device, seed: int) -> Loaders:
+    """The default loader: every split resident on the device as one tensor."""
+    train_images, train_labels = normalized_tensors(config, True, device)
+    test_images, test_labels = normalized_tensors(config, False, device)
+    train_idx, val_idx = split_indices(len(train_labels), config)
+    shuffle = torch.Generator().manual_seed(seed)
+    return Loaders(
+        train=TensorBatches(
+            train_images, train_labels, train_idx, config.batch_size, shuffle, config.drop_last
+        ),
+        val=TensorBatches(train_images, train_labels, val_idx, config.eval_batch_size),
+        test=TensorBatches(
+            test_images, test_labels, torch.arange(len(test_labels)), config.eval_batch_size
+        ),
+    )
+
+
+def torch_loaders(config: DataConfig, seed: int) -> Loaders:
+    """The seed project's reference path: torchvision transforms behind a DataLoader."""
+    transform = seed_transform(config)
+    train_set = torchvision_dataset(config.root, config.download, True, transform)
+    test_set = torchvision_dataset(config.root, config.download, False, transform)
+    train_idx, val_idx = split_indices(len(train_set), config)
+    return Loaders(
+        train=DataLoader(
+            Subset(train_set, train_idx.tolist()),
+            batch_size=config.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
+            drop_last=config.drop_last,
+        ),
+        val=DataLoader(Subset(train_set, val_idx.tolist()), batch_size=config.eval_batch_size),
+        test=DataLoader(test_set, batch_size=config.eval_batch_size),
+    )
+
+
+def make_loaders(config: DataConfig, device: torch.device, seed: int) -> Loaders:
+    """Train/validation/test batches with the loader that `data.loader` names."""
+    if config.loader is Loader.torch:
+        return torch_loaders(config, seed)
+    return tensor_loaders(config, device, seed)

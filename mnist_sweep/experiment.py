@@ -1,0 +1,114 @@
+"""One run from a composed config: train, test, save, and report everything to MLflow."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from mnist_sweep import checkpoints, device, tracking
+from mnist_sweep.config import RunConfig, to_run_config
+from mnist_sweep.data import CLASS_NAMES, Loaders, make_loaders
+from mnist_sweep.explore import show5_png
+from mnist_sweep.models import MLP
+from mnist_sweep.training import EpochMetrics, evaluate, fit
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig, output_dir: Path, tags: dict[str, str] | None = None) -> float:
+    """Train and test the configured model, log it as one MLflow run; returns val accuracy."""
+    config = to_run_config(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    target = device.configure(config.trainer)
+    torch.manual_seed(config.trainer.seed)
+    with tracking.tracked_run(config.mlflow, tracking.flatten(resolved), tags):
+        started = time.perf_counter()
+        loaders = make_loaders(config.data, target, config.trainer.seed)
+        model = MLP(config.model.hidden_sizes, config.model.dropout).to(target)
+        with _progress(config) as on_epoch:
+            history = fit(
+                model, loaders.train, loaders.val, config.optimizer, config.trainer, target,
+                on_epoch,
+            )  # fmt: skip
+        train_seconds = time.perf_counter() - started
+        test_loss, test_accuracy = evaluate(model, loaders.test, target)
+        summary = {
+            "test_loss": test_loss,
+            "test_accuracy": test_accuracy,
+            "wall_time_s": time.perf_counter() - started,
+            "train_samples_per_s": _train_samples(loaders) * len(history) / train_seconds,
+        }
+        tracking.log_metrics(summary)
+        metrics = {**_epoch_values(history[-1]), **summary}
+        tracking.log_artifacts(_write_outputs(output_dir, model, config, resolved, metrics, loaders))
+        log.info(" ".join(f"{key}={value:.4f}" for key, value in summary.items()))
+    return history[-1].val_accuracy
+
+
+def _epoch_values(metrics: EpochMetrics) -> dict[str, float]:
+    return {key: value for key, value in asdict(metrics).items() if key != "epoch"}
+
+
+def _train_samples(loaders: Loaders) -> int:
+    batches = loaders.train
+    return len(batches.dataset) if hasattr(batches, "dataset") else len(batches.indices)
+
+
+class _progress:
+    """Per-epoch reporting: a tqdm bar on a terminal, plain log lines otherwise; logs to MLflow."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.epochs = config.trainer.epochs
+        self.bar = tqdm(total=self.epochs, unit="epoch") if sys.stderr.isatty() else None
+
+    def __enter__(self):
+        return self.on_epoch
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def on_epoch(self, metrics: EpochMetrics) -> None:
+        values = _epoch_values(metrics)
+        tracking.log_metrics(values, step=metrics.epoch)
+        summary = " ".join(f"{k}={v:.4f}" for k, v in values.items())
+        if self.bar is None:
+            log.info("epoch %d/%d %s", metrics.epoch, self.epochs, summary)
+        else:
+            self.bar.set_postfix_str(summary)
+            self.bar.update()
+
+
+def _write_outputs(
+    output_dir: Path,
+    model: MLP,
+    config: RunConfig,
+    resolved: dict[str, Any],
+    metrics: dict[str, float],
+    loaders: Loaders,
+) -> list[Path]:
+    """The run's files: resolved config, model checkpoint and show5 picture."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config_path = output_dir / "config.yaml"
+    config_path.write_text(OmegaConf.to_yaml(resolved))
+    model_path = checkpoints.save_checkpoint(
+        output_dir / "model.pt",
+        model,
+        model_config={"hidden_sizes": list(config.model.hidden_sizes), "dropout": config.model.dropout},
+        normalization={"mean": config.data.mean, "std": config.data.std},
+        class_names=CLASS_NAMES,
+        metrics=metrics,
+        config=resolved,
+    )
+    images, labels = next(iter(loaders.val))
+    show5_path = output_dir / "show5.png"
+    show5_path.write_bytes(show5_png(images, labels))
+    return [config_path, model_path, show5_path]

@@ -1,0 +1,66 @@
+"""Look at the data as the seed project does: dimensions, value range, classes, five samples.
+
+Run `python -m mnist_sweep.explore [--root DIR] [--out show5.png]` to print the summary and
+write the picture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mnist_sweep.data import CLASS_NAMES, torchvision_dataset
+
+
+def describe(images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """Shape, dtype, value range and per-class counts of a split held as tensors."""
+    counts = torch.bincount(labels, minlength=len(CLASS_NAMES)).tolist()
+    return {
+        "images": len(images),
+        "image_shape": list(images.shape[1:]),
+        "dtype": str(images.dtype).removeprefix("torch."),
+        "min": images.min().item(),
+        "max": images.max().item(),
+        "class_counts": dict(zip(CLASS_NAMES, counts)),
+    }
+
+
+def show5_png(images: torch.Tensor, labels: torch.Tensor) -> bytes:
+    """A PNG of the first five images with their labels above them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(1, 5, figsize=(7.5, 1.9))
+    for axis, image, label in zip(axes, images[:5], labels[:5]):
+        axis.imshow(image.reshape(28, 28).cpu(), cmap="gray")
+        axis.set_title(f"label {CLASS_NAMES[int(label)]}")
+        axis.axis("off")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Summarize MNIST and draw five samples.")
+    parser.add_argument("--root", default=None, help="data folder (default: the user cache)")
+    parser.add_argument("--out", type=Path, default=Path("show5.png"), help="PNG to write")
+    args = parser.parse_args(argv)
+    splits = {
+        name: torchvision_dataset(args.root, download=False, train=train)
+        for name, train in (("train", True), ("test", False))
+    }
+    for name, dataset in splits.items():
+        print(name, describe(dataset.data, dataset.targets))
+    args.out.write_bytes(show5_png(splits["train"].data, splits["train"].targets))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

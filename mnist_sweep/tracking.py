@@ -1,0 +1,72 @@
+"""MLflow: where runs go, how they are named, and what each one records."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import mlflow
+
+from mnist_sweep.config import MlflowConfig
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config to dotted keys: {"model": {"dropout": 0.2}} -> {"model.dropout": 0.2}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts of a local SQLite store go beside its database file; a server decides its own."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme != "sqlite":
+        return None
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    return (database.parent / "mlartifacts").resolve().as_uri()
+
+
+def experiment_id(config: MlflowConfig) -> str:
+    """Point MLflow at `config.tracking_uri` and return the experiment's id, creating it once."""
+    mlflow.set_tracking_uri(config.tracking_uri)
+    experiment = mlflow.get_experiment_by_name(config.experiment_name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return mlflow.create_experiment(
+            config.experiment_name, artifact_location=artifact_location(config.tracking_uri)
+        )
+    except mlflow.exceptions.MlflowException:
+        # Another process of the same sweep created it first.
+        return mlflow.get_experiment_by_name(config.experiment_name).experiment_id
+
+
+@contextlib.contextmanager
+def tracked_run(
+    config: MlflowConfig, params: Mapping[str, Any], tags: Mapping[str, str] | None = None
+) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run with `params` logged; it ends FAILED if the body raises."""
+    with mlflow.start_run(
+        experiment_id=experiment_id(config), run_name=config.run_name, tags=dict(tags or {})
+    ) as run:
+        mlflow.log_params(dict(params))
+        yield run
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Log several metrics of the active run in one call."""
+    mlflow.log_metrics(dict(metrics), step=step)
+
+
+def log_artifacts(paths: list[Path]) -> None:
+    """Copy files into the active run's artifacts."""
+    for path in paths:
+        mlflow.log_artifact(str(path))

@@ -1,0 +1,115 @@
+"""Optimization: the optimizer, one training pass, evaluation, and the epoch loop."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnist_sweep.config import OptimizerConfig, OptimizerName, Schedule, TrainerConfig
+from mnist_sweep.models import MLP
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss; further epochs would be wasted."""
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+
+
+def make_optimizer(params: Iterable[nn.Parameter], config: OptimizerConfig) -> torch.optim.Optimizer:
+    """The optimizer that `optimizer.name` selects, with its lr and weight decay."""
+    if config.name is OptimizerName.sgd:
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    optimizer_class = torch.optim.AdamW if config.name is OptimizerName.adamw else torch.optim.Adam
+    return optimizer_class(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def make_schedule(
+    optimizer: torch.optim.Optimizer, schedule: Schedule, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """A per-step learning-rate schedule peaking at the optimizer's lr, or None for constant."""
+    if schedule is Schedule.onecycle:
+        peak = optimizer.param_groups[0]["lr"]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak, total_steps=total_steps)
+    return None
+
+
+def train_epoch(
+    model: MLP,
+    batches: Batches,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler | None,
+    device: torch.device,
+) -> tuple[float, float]:
+    """One pass over the training batches; returns (mean loss, accuracy)."""
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for images, labels in batches:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        logits = model.logits(images)
+        loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if schedule is not None:
+            schedule.step()
+        # Summed on the device and read once per epoch: a .item() per batch would sync.
+        loss_sum += loss.detach() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
+        seen += len(labels)
+    mean_loss = loss_sum.item() / seen
+    if not math.isfinite(mean_loss):
+        raise DivergedError(f"training loss became {mean_loss}; stopping this run")
+    return mean_loss, correct.item() / seen
+
+
+@torch.no_grad()
+def evaluate(model: MLP, batches: Batches, device: torch.device) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over `batches`, with dropout off."""
+    model.eval()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for images, labels in batches:
+        images, labels = images.to(device), labels.to(device)
+        logits = model.logits(images)
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+    return loss_sum / seen, correct / seen
+
+
+def fit(
+    model: MLP,
+    train_batches: Batches,
+    val_batches: Batches,
+    optimizer_config: OptimizerConfig,
+    trainer: TrainerConfig,
+    device: torch.device,
+    on_epoch: Callable[[EpochMetrics], None] = lambda metrics: None,
+) -> list[EpochMetrics]:
+    """Train for `trainer.epochs`, evaluating on the validation batches after each epoch."""
+    optimizer = make_optimizer(model.parameters(), optimizer_config)
+    schedule = make_schedule(optimizer, trainer.lr_schedule, trainer.epochs * len(train_batches))
+    history = []
+    for epoch in range(1, trainer.epochs + 1):
+        train_loss, train_accuracy = train_epoch(model, train_batches, optimizer, schedule, device)
+        val_loss, val_accuracy = evaluate(model, val_batches, device)
+        history.append(EpochMetrics(epoch, train_loss, train_accuracy, val_loss, val_accuracy))
+        on_epoch(history[-1])
+    return history
