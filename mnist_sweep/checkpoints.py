@@ -59,7 +59,7 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
 
 
 def load_model(path: Path | str) -> Classifier:
-    """The saved classifier in eval mode: (N, 1, 28, 28) images in [0, 1] to (N, 10) probabilities."""
+    """The saved classifier, in eval mode: (N, 1, 28, 28) images in [0, 1] -> (N, 10) probs."""
     checkpoint = read_checkpoint(path)
     net = MLP(**checkpoint["model_config"])
     net.load_state_dict(checkpoint["state_dict"])

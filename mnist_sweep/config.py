@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -14,25 +14,25 @@ class ConfigError(ValueError):
     """A config value that type-checks but makes no sense (names the key)."""
 
 
-class OptimizerName(str, Enum):
+class OptimizerName(StrEnum):
     adam = "adam"
     adamw = "adamw"
     sgd = "sgd"
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
     mps = "mps"
 
 
-class Schedule(str, Enum):
+class Schedule(StrEnum):
     constant = "constant"
     onecycle = "onecycle"
 
 
-class Loader(str, Enum):
+class Loader(StrEnum):
     tensor = "tensor"
     torch = "torch"
 
@@ -91,6 +91,8 @@ class DataConfig:
     name: str = MISSING
     # null: a per-user cache folder (mnist_sweep.data.default_data_root).
     root: str | None = MISSING
+    # null: the copy shipped inside the package.
+    source_dir: str | None = MISSING
     download: bool = MISSING
     mean: float = MISSING
     std: float = MISSING
@@ -150,7 +152,7 @@ class RunConfig:
 
 def register_schema() -> None:
     """Make `run_schema` available to conf/config.yaml's defaults list."""
-    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    ConfigStore.instance().store(name="run_schema", node=RunConfig, replace=True)
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:

@@ -105,16 +105,32 @@ def ensure_raw_files(root: Path, source_dir: Path | None = None) -> Path:
     return raw_dir
 
 
+@dataclass(frozen=True)
+class DataFiles:
+    """Where a dataset's files are: extracted under `root`, originals in `source_dir`."""
+
+    root: str | None = None
+    source_dir: str | None = None
+    download: bool = False
+
+    @classmethod
+    def of(cls, config: DataConfig) -> DataFiles:
+        return cls(config.root, config.source_dir, config.download)
+
+
 def torchvision_dataset(
-    root: str | None, download: bool, train: bool, transform: transforms.Compose | None = None
+    files: DataFiles, train: bool, transform: transforms.Compose | None = None
 ) -> datasets.MNIST:
     """The torchvision MNIST dataset over verified local files (downloads only if allowed)."""
-    folder = Path(root) if root else default_data_root()
+    folder = Path(files.root) if files.root else default_data_root()
+    download = files.download
     try:
-        ensure_raw_files(folder)
+        ensure_raw_files(folder, Path(files.source_dir) if files.source_dir else None)
     except DataMissingError as error:
         if not download:
-            raise DataMissingError(f"{error}; set data.download=true to let torchvision fetch it")
+            raise DataMissingError(
+                f"{error}; set data.download=true to let torchvision fetch it"
+            ) from error
         log.warning("%s; downloading with torchvision", error)
     return datasets.MNIST(folder, train=train, transform=transform, download=download)
 
@@ -149,7 +165,7 @@ class Loaders:
 
 
 class TensorBatches:
-    """Batches sliced from tensors already on the device; a fresh permutation per pass if shuffled."""
+    """Batches sliced from tensors on the device; a fresh seeded permutation per shuffled pass."""
 
     def __init__(
         self,
@@ -183,16 +199,14 @@ def normalized_tensors(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A whole split as normalized, flattened float32 on `device`; loaded once per process."""
     # Keyed on what changes the tensors only, so every run of a sweep shares one copy.
-    return _normalized_tensors(
-        config.root, config.download, config.mean, config.std, train, device
-    )
+    return _normalized_tensors(DataFiles.of(config), config.mean, config.std, train, device)
 
 
 @functools.lru_cache(maxsize=4)
 def _normalized_tensors(
-    root: str | None, download: bool, mean: float, std: float, train: bool, device: torch.device
+    files: DataFiles, mean: float, std: float, train: bool, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    dataset = torchvision_dataset(root, download, train)
+    dataset = torchvision_dataset(files, train)
     images = dataset.data.to(device).flatten(1).float().div_(255)
     images.sub_(mean).div_(std)
     return images, dataset.targets.to(device)
@@ -218,8 +232,8 @@ def tensor_loaders(config: DataConfig, device: torch.device, seed: int) -> Loade
 def torch_loaders(config: DataConfig, seed: int) -> Loaders:
     """The seed project's reference path: torchvision transforms behind a DataLoader."""
     transform = seed_transform(config)
-    train_set = torchvision_dataset(config.root, config.download, True, transform)
-    test_set = torchvision_dataset(config.root, config.download, False, transform)
+    train_set = torchvision_dataset(DataFiles.of(config), True, transform)
+    test_set = torchvision_dataset(DataFiles.of(config), False, transform)
     train_idx, val_idx = split_indices(len(train_set), config)
     return Loaders(
         train=DataLoader(

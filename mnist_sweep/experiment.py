@@ -48,7 +48,8 @@ def run(cfg: DictConfig, output_dir: Path, tags: dict[str, str] | None = None) -
         }
         tracking.log_metrics(summary)
         metrics = {**_epoch_values(history[-1]), **summary}
-        tracking.log_artifacts(_write_outputs(output_dir, model, config, resolved, metrics, loaders))
+        outputs = _write_outputs(output_dir, model, config, resolved, metrics, loaders)
+        tracking.log_artifacts(outputs)
         log.info(" ".join(f"{key}={value:.4f}" for key, value in summary.items()))
     return history[-1].val_accuracy
 
@@ -102,7 +103,10 @@ def _write_outputs(
     model_path = checkpoints.save_checkpoint(
         output_dir / "model.pt",
         model,
-        model_config={"hidden_sizes": list(config.model.hidden_sizes), "dropout": config.model.dropout},
+        model_config={
+            "hidden_sizes": list(config.model.hidden_sizes),
+            "dropout": config.model.dropout,
+        },
         normalization={"mean": config.data.mean, "std": config.data.std},
         class_names=CLASS_NAMES,
         metrics=metrics,

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from mnist_sweep.data import CLASS_NAMES, torchvision_dataset
+from mnist_sweep.data import CLASS_NAMES, DataFiles, torchvision_dataset
 
 
 def describe(images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
@@ -25,7 +25,7 @@ def describe(images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
         "dtype": str(images.dtype).removeprefix("torch."),
         "min": images.min().item(),
         "max": images.max().item(),
-        "class_counts": dict(zip(CLASS_NAMES, counts)),
+        "class_counts": dict(zip(CLASS_NAMES, counts, strict=True)),
     }
 
 
@@ -37,8 +37,8 @@ def show5_png(images: torch.Tensor, labels: torch.Tensor) -> bytes:
     from matplotlib import pyplot as plt
 
     figure, axes = plt.subplots(1, 5, figsize=(7.5, 1.9))
-    for axis, image, label in zip(axes, images[:5], labels[:5]):
-        axis.imshow(image.reshape(28, 28).cpu(), cmap="gray")
+    for axis, image, label in zip(axes, images[:5], labels[:5], strict=True):
+        axis.imshow(image.reshape(28, 28).cpu().numpy(), cmap="gray")
         axis.set_title(f"label {CLASS_NAMES[int(label)]}")
         axis.axis("off")
     buffer = io.BytesIO()
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("show5.png"), help="PNG to write")
     args = parser.parse_args(argv)
     splits = {
-        name: torchvision_dataset(args.root, download=False, train=train)
+        name: torchvision_dataset(DataFiles(root=args.root), train)
         for name, train in (("train", True), ("test", False))
     }
     for name, dataset in splits.items():

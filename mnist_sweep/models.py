@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -24,7 +26,7 @@ class MLP(nn.Module):
             raise ValueError(f"an MLP here has at least two hidden layers, got {hidden_sizes}")
         layers: list[nn.Module] = []
         widths = [input_size, *hidden_sizes]
-        for width_in, width_out in zip(widths, widths[1:]):
+        for width_in, width_out in itertools.pairwise(widths):
             layers += [nn.Linear(width_in, width_out), nn.ReLU(), nn.Dropout(dropout)]
         layers.append(nn.Linear(widths[-1], num_classes))
         self.layers = nn.Sequential(*layers)

@@ -1,0 +1,43 @@
+"""One fixture composes the real config from conf/ and shrinks it for fast, offline tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from mnist_sweep.config import register_schema
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One extracted copy of MNIST for the whole session."""
+    return tmp_path_factory.mktemp("data")
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """The composed config of `python run.py <overrides>`, without Hydra's own node."""
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        return compose(config_name="config", overrides=overrides or [])
+
+
+def small_overrides(data_root: Path, tmp_path: Path) -> list[str]:
+    """A run that takes about a second: a training subset, one epoch, a private MLflow store."""
+    return [
+        f"data.root={data_root}",
+        "data.train_subset=2000",
+        "data.batch_size=100",
+        "trainer.epochs=1",
+        "model.hidden_sizes=[64,32]",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+    ]
+
+
+@pytest.fixture
+def small_cfg(data_root: Path, tmp_path: Path) -> DictConfig:
+    return compose_config(small_overrides(data_root, tmp_path))

@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnist_sweep import data
+from mnist_sweep.config import to_run_config
+from mnist_sweep.data import (
+    RAW_FILES,
+    DataIntegrityError,
+    DataMissingError,
+    TensorBatches,
+    ensure_raw_files,
+    expected_digests,
+)
+
+PACKAGED = Path(str(data._PACKAGED))
+
+
+@pytest.fixture
+def source_copy(tmp_path: Path) -> Path:
+    """A writable copy of the packaged .gz files, to damage."""
+    folder = tmp_path / "source"
+    folder.mkdir()
+    for name in RAW_FILES:
+        shutil.copy(PACKAGED / f"{name}.gz", folder / f"{name}.gz")
+    return folder
+
+
+def test_raw_files_land_where_torchvision_looks_and_are_verified(data_root: Path) -> None:
+    raw = ensure_raw_files(data_root)
+    assert raw == data_root / "MNIST" / "raw"
+    digests = expected_digests()
+    for name in RAW_FILES:
+        assert data._sha256((raw / name).read_bytes()) == digests[name]
+
+
+def test_corrupted_source_file_is_named_with_its_expected_digest(
+    tmp_path: Path, source_copy: Path
+) -> None:
+    name = "train-labels-idx1-ubyte"
+    raw = gzip.decompress((source_copy / f"{name}.gz").read_bytes())
+    flipped = raw[:100] + bytes([raw[100] ^ 0xFF]) + raw[101:]
+    (source_copy / f"{name}.gz").write_bytes(gzip.compress(flipped))
+    with pytest.raises(DataIntegrityError) as error:
+        ensure_raw_files(tmp_path / "root", source_copy)
+    assert name in str(error.value)
+    assert expected_digests()[name] in str(error.value)
+    assert not (tmp_path / "root" / "MNIST" / "raw" / name).exists()
+
+
+def test_truncated_source_file_is_refused(tmp_path: Path, source_copy: Path) -> None:
+    name = "t10k-images-idx3-ubyte"
+    path = source_copy / f"{name}.gz"
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(DataIntegrityError, match=name) as error:
+        ensure_raw_files(tmp_path / "root", source_copy)
+    assert expected_digests()[name] in str(error.value)
+    assert not (tmp_path / "root" / "MNIST" / "raw" / name).exists()
+
+
+def test_corrupted_cached_file_is_replaced_from_the_packaged_copy(tmp_path: Path) -> None:
+    raw = ensure_raw_files(tmp_path)
+    target = raw / "t10k-labels-idx1-ubyte"
+    target.write_bytes(b"\x00" * 100)
+    ensure_raw_files(tmp_path)
+    assert data._sha256(target.read_bytes()) == expected_digests()[target.name]
+
+
+def test_missing_source_without_download_says_how_to_allow_it(tmp_path: Path) -> None:
+    with pytest.raises(DataMissingError, match="does not exist"):
+        ensure_raw_files(tmp_path / "root", tmp_path / "empty")
+    with pytest.raises(DataMissingError, match=r"data\.download=true"):
+        data.torchvision_dataset(data.DataFiles(str(tmp_path / "root"), str(tmp_path)), True)
+
+
+def test_normalization_constants_are_the_training_set_statistics(small_cfg) -> None:
+    config = to_run_config(small_cfg).data
+    pixels = data.torchvision_dataset(data.DataFiles.of(config), True).data.float() / 255
+    assert pixels.mean().item() == pytest.approx(config.mean, abs=1e-4)
+    assert pixels.std().item() == pytest.approx(config.std, abs=1e-4)
+
+
+def test_split_is_disjoint_seeded_and_sized(small_cfg) -> None:
+    config = to_run_config(small_cfg).data
+    config.train_subset = None
+    train_idx, val_idx = data.split_indices(60_000, config)
+    assert len(val_idx) == config.val_size and len(train_idx) == 60_000 - config.val_size
+    assert len(set(train_idx.tolist()) | set(val_idx.tolist())) == 60_000
+    again, _ = data.split_indices(60_000, config)
+    assert torch.equal(train_idx, again)
+    config.split_seed += 1
+    assert not torch.equal(train_idx, data.split_indices(60_000, config)[0])
+
+
+def test_val_size_that_leaves_nothing_to_train_on_is_an_error(small_cfg) -> None:
+    config = to_run_config(small_cfg).data
+    config.val_size = 60_000
+    with pytest.raises(ValueError, match=r"data\.val_size"):
+        data.split_indices(60_000, config)
+
+
+def test_both_loaders_yield_the_same_tensors_for_the_same_images(small_cfg) -> None:
+    config = to_run_config(small_cfg).data
+    cpu = torch.device("cpu")
+    tensor = data.tensor_loaders(config, cpu, seed=0)
+    reference = data.torch_loaders(config, seed=0)
+    for split in ("val", "test"):
+        (x_tensor, y_tensor), (x_ref, y_ref) = (
+            next(iter(getattr(tensor, split))),
+            next(iter(getattr(reference, split))),
+        )
+        assert x_tensor.shape == x_ref.shape == (config.eval_batch_size, 784)
+        assert torch.equal(y_tensor, y_ref)
+        torch.testing.assert_close(x_tensor, x_ref, rtol=0, atol=1e-6)
+    assert len(tensor.train) == len(reference.train)
+
+
+def test_tensor_batches_cover_every_index_once_per_epoch_in_a_fresh_order() -> None:
+    images = torch.arange(10.0).unsqueeze(1)
+    labels = torch.arange(10)
+    batches = TensorBatches(images, labels, torch.arange(10), 4, torch.Generator().manual_seed(0))
+    epochs = [torch.cat([y for _, y in batches]) for _ in range(2)]
+    assert len(batches) == 3 and [len(y) for _, y in batches] == [4, 4, 2]
+    assert all(sorted(epoch.tolist()) == list(range(10)) for epoch in epochs)
+    assert not torch.equal(epochs[0], epochs[1])
+    replay = TensorBatches(images, labels, torch.arange(10), 4, torch.Generator().manual_seed(0))
+    assert torch.equal(torch.cat([y for _, y in replay]), epochs[0])
+
+
+def test_drop_last_drops_the_partial_batch() -> None:
+    batches = TensorBatches(torch.zeros(10, 1), torch.zeros(10), torch.arange(10), 4, None, True)
+    assert len(batches) == 2 and [len(y) for _, y in batches] == [4, 4]

@@ -1,0 +1,74 @@
+"""One tracked run end to end, in a temporary MLflow store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+import mnist_sweep
+from mnist_sweep import experiment
+from mnist_sweep.data import IMAGE_SHAPE
+
+EPOCH_METRICS = {"train_loss", "train_accuracy", "val_loss", "val_accuracy"}
+FINAL_METRICS = {"test_loss", "test_accuracy", "wall_time_s", "train_samples_per_s"}
+
+
+@pytest.fixture
+def finished(small_cfg, tmp_path: Path):
+    small_cfg.trainer.epochs = 2
+    val_accuracy = experiment.run(small_cfg, tmp_path / "out")
+    client = mlflow.MlflowClient(small_cfg.mlflow.tracking_uri)
+    runs = client.search_runs(
+        [client.get_experiment_by_name(small_cfg.mlflow.experiment_name).experiment_id]
+    )
+    return val_accuracy, client, runs, tmp_path / "out"
+
+
+def test_one_run_holds_the_whole_config_as_dotted_params(finished) -> None:
+    _, _, runs, _ = finished
+    assert len(runs) == 1
+    params = runs[0].data.params
+    assert params["optimizer.lr"] == "0.001"
+    assert params["model.hidden_sizes"] == "[64, 32]"
+    assert params["data.loader"] == "tensor"
+    assert set(params) >= {
+        "trainer.seed",
+        "trainer.device",
+        "data.batch_size",
+        "mlflow.tracking_uri",
+    }
+
+
+def test_metrics_per_epoch_and_at_the_end(finished) -> None:
+    val_accuracy, client, runs, _ = finished
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert set(run.data.metrics) >= EPOCH_METRICS | FINAL_METRICS
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [point.step for point in history] == [1, 2]
+    assert history[-1].value == val_accuracy
+    assert 0.5 < run.data.metrics["test_accuracy"] <= 1
+
+
+def test_artifacts_are_the_config_model_and_show5(finished) -> None:
+    _, client, runs, out = finished
+    names = {artifact.path for artifact in client.list_artifacts(runs[0].info.run_id)}
+    assert names == {"config.yaml", "model.pt", "show5.png"}
+    assert (out / "show5.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    local = client.download_artifacts(runs[0].info.run_id, "model.pt", str(out / "dl"))
+    probabilities = mnist_sweep.load_model(local)(torch.rand(2, *IMAGE_SHAPE))
+    torch.testing.assert_close(probabilities.sum(1), torch.ones(2))
+
+
+def test_a_failing_run_is_marked_failed_and_keeps_what_it_logged(small_cfg, tmp_path) -> None:
+    small_cfg.optimizer.lr = 1e30
+    small_cfg.trainer.epochs = 3
+    with pytest.raises(RuntimeError, match="loss became"):
+        experiment.run(small_cfg, tmp_path / "out")
+    client = mlflow.MlflowClient(small_cfg.mlflow.tracking_uri)
+    run = client.search_runs([client.get_experiment_by_name("mnist_sweep").experiment_id])[0]
+    assert run.info.status == "FAILED"
+    assert run.data.params["optimizer.lr"] == "1e+30"

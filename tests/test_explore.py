@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mnist_sweep.data import DataFiles, torchvision_dataset
+from mnist_sweep.explore import describe, main, show5_png
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_describe_reports_dimensions_range_and_class_counts(data_root: Path) -> None:
+    dataset = torchvision_dataset(DataFiles(str(data_root)), train=False)
+    summary = describe(dataset.data, dataset.targets)
+    assert summary["images"] == 10_000 and summary["image_shape"] == [28, 28]
+    assert summary["dtype"] == "uint8" and (summary["min"], summary["max"]) == (0, 255)
+    assert sum(summary["class_counts"].values()) == 10_000
+    assert summary["class_counts"]["1"] == 1135  # the published test-set count of ones
+
+
+def test_show5_is_a_png_with_content() -> None:
+    png = show5_png(torch.rand(5, 784), torch.arange(5))
+    assert png.startswith(PNG_SIGNATURE) and len(png) > 5_000
+
+
+def test_entry_point_prints_and_writes(data_root: Path, tmp_path: Path, capsys) -> None:
+    main(["--root", str(data_root), "--out", str(tmp_path / "five.png")])
+    printed = capsys.readouterr().out
+    assert "'images': 60000" in printed and "'images': 10000" in printed
+    assert (tmp_path / "five.png").read_bytes().startswith(PNG_SIGNATURE)
