@@ -138,12 +138,21 @@ class MlflowConfig:
 
 
 @dataclass
+class SweepConfig:
+    # The best trial is kept only if its test accuracy reaches this.
+    min_test_accuracy: float = MISSING
+    registered_model: str = MISSING
+    alias: str = MISSING
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def check(self) -> None:
         for group in (self.model, self.optimizer, self.data, self.trainer):

@@ -18,17 +18,19 @@ from mnist_sweep.config import RunConfig, to_run_config
 from mnist_sweep.data import CLASS_NAMES, Loaders, make_loaders
 from mnist_sweep.explore import show5_png
 from mnist_sweep.models import MLP
+from mnist_sweep.sweep import SweepJob, job_tags
 from mnist_sweep.training import EpochMetrics, evaluate, fit
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig, output_dir: Path, tags: dict[str, str] | None = None) -> float:
+def run(cfg: DictConfig, output_dir: Path, job: SweepJob | None = None) -> float:
     """Train and test the configured model, log it as one MLflow run; returns val accuracy."""
     config = to_run_config(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     target = device.configure(config.trainer)
     torch.manual_seed(config.trainer.seed)
+    tags = job_tags(config.mlflow, job)
     with tracking.tracked_run(config.mlflow, tracking.flatten(resolved), tags):
         started = time.perf_counter()
         loaders = make_loaders(config.data, target, config.trainer.seed)

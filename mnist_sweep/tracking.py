@@ -70,3 +70,29 @@ def log_artifacts(paths: list[Path]) -> None:
     """Copy files into the active run's artifacts."""
     for path in paths:
         mlflow.log_artifact(str(path))
+
+
+SWEEP_ID = "mnist_sweep.sweep_id"
+TRIAL = "mnist_sweep.trial"
+ROLE = "mnist_sweep.role"
+OWNER = "mnist_sweep.owner"
+
+
+def sweep_runs(
+    client: mlflow.MlflowClient, experiment: str, sweep_id: str, role: str, status: str = ""
+) -> list[mlflow.entities.Run]:
+    """Runs of one sweep: its parent (`role="sweep"`) or its trials (`role="trial"`)."""
+    query = f"tags.`{SWEEP_ID}` = '{sweep_id}' AND tags.`{ROLE}` = '{role}'"
+    if status:
+        query += f" AND attributes.status = '{status}'"
+    return client.search_runs([experiment], query, max_results=50_000)
+
+
+def trial_tags(config: MlflowConfig, sweep_id: str, trial: str, owner: str) -> dict[str, str]:
+    """Tags that nest a trial's run under its sweep's parent run in the MLflow UI."""
+    client = mlflow.MlflowClient(config.tracking_uri)
+    parents = sweep_runs(client, experiment_id(config), sweep_id, "sweep")
+    tags = {SWEEP_ID: sweep_id, TRIAL: trial, ROLE: "trial", OWNER: owner}
+    if parents:
+        tags["mlflow.parentRunId"] = parents[0].info.run_id
+    return tags

@@ -1,0 +1,103 @@
+"""A sweep's summary on its MLflow parent run: best trial, table of trials, Optuna plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import mlflow
+import optuna
+from omegaconf import DictConfig
+
+from mnist_sweep import tracking
+from mnist_sweep.sweeper import make_storage
+
+log = logging.getLogger(__name__)
+OBJECTIVE = "val_accuracy"
+
+
+def trial_table(trials: list[mlflow.entities.Run]) -> list[dict[str, object]]:
+    """One row per finished trial, best objective first, with the params that vary."""
+    varying = sorted(
+        key for key in {k for run in trials for k in run.data.params}
+        if len({run.data.params.get(key) for run in trials}) > 1
+    )  # fmt: skip
+    rows = [
+        {"trial": run.data.tags[tracking.TRIAL], "run_id": run.info.run_id,
+         OBJECTIVE: run.data.metrics.get(OBJECTIVE), "test_accuracy":
+         run.data.metrics.get("test_accuracy"), **{k: run.data.params.get(k) for k in varying}}
+        for run in trials
+    ]  # fmt: skip
+    return sorted(rows, key=lambda row: -(row[OBJECTIVE] or 0.0))
+
+
+def study_of(hydra_cfg: DictConfig) -> optuna.Study | None:
+    """The sweep's Optuna study, or None for a grid or a sweeper without storage."""
+    sweeper = hydra_cfg.sweeper
+    if not sweeper.get("study_name") or sweeper.get("storage") is None:
+        return None
+    try:
+        return optuna.load_study(
+            study_name=sweeper.study_name, storage=make_storage(sweeper.storage)
+        )
+    except KeyError:  # the sweep stopped before its study was created
+        return None
+
+
+def optuna_plots(study: optuna.Study, folder: Path) -> list[Path]:
+    """Optimization history and parameter importances as PNG files (those that can be drawn)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from optuna.visualization import matplotlib as optuna_plt
+
+    paths = []
+    for name, plot in (
+        ("optimization_history", optuna_plt.plot_optimization_history),
+        ("param_importances", optuna_plt.plot_param_importances),
+    ):
+        try:
+            axes = plot(study)
+        except (ValueError, RuntimeError) as error:
+            log.warning("Optuna %s plot skipped: %s", name, error)
+            continue
+        path = folder / f"{name}.png"
+        axes.figure.savefig(path, bbox_inches="tight", dpi=100)
+        plt.close(axes.figure)
+        paths.append(path)
+    return paths
+
+
+def log_summary(
+    client: mlflow.MlflowClient,
+    parent_run_id: str,
+    trials: list[mlflow.entities.Run],
+    hydra_cfg: DictConfig,
+) -> None:
+    """Best params and value, the trial table and Optuna's plots, on the parent run."""
+    rows = trial_table(trials)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        files = []
+        if rows:
+            files.append(folder / "trials.csv")
+            with files[0].open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+            best = rows[0]
+            files.append(folder / "best.json")
+            files[-1].write_text(json.dumps(best, indent=2))
+            client.log_metric(parent_run_id, f"best_{OBJECTIVE}", best[OBJECTIVE])
+            client.log_metric(parent_run_id, "best_test_accuracy", best["test_accuracy"])
+            client.set_tag(parent_run_id, "best_trial", best["trial"])
+        client.log_metric(parent_run_id, "finished_trials", len(rows))
+        study = study_of(hydra_cfg)
+        if study is not None and rows:
+            files += optuna_plots(study, folder)
+        for path in files:
+            client.log_artifact(parent_run_id, str(path))

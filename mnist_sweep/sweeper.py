@@ -1,0 +1,203 @@
+"""Which trials a sweep runs: Hydra's Optuna sweeper, made resumable and failure-tolerant.
+
+Differences from `hydra_plugins.hydra_optuna_sweeper` (whose search-space parsing we reuse):
+- `n_trials` counts COMPLETE trials in the study, so a resumed sweep runs only what is missing;
+- trials left RUNNING by a dead process on this machine are marked FAIL when a sweep starts;
+- a failed trial is told FAIL and replaced, until failures exceed `max_failure_rate * n_trials`;
+- Hydra's job number is the Optuna trial number, so output folders never collide on resume;
+- comma lists on the command line alone (`optimizer=adam,sgd`) run a plain grid, as Hydra's
+  basic sweeper does; choice(), interval(), range() and tag() extend the Optuna search.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn
+from hydra.utils import instantiate
+from hydra_plugins.hydra_optuna_sweeper._impl import (
+    OptunaSweeperImpl,
+    create_params_from_overrides,
+)
+from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+log = logging.getLogger(__name__)
+OWNER = "mnist_sweep.owner"
+GRID_SUBDIR = "grid_${now:%Y%m%d-%H%M%S}_${hydra.job.num}"
+
+
+class SweepFailedError(RuntimeError):
+    """More trials failed than the sweep's max_failure_rate allows."""
+
+
+def this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def process_is_gone(owner: str) -> bool:
+    """True when `owner` ("host:pid") is a process of this machine that no longer runs."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def is_grid(arguments: list[str]) -> bool:
+    """True when the command line sweeps only with comma lists (`a=1,2 b=x,y`)."""
+    parsed = OverridesParser.create().parse_overrides(arguments)
+    sweeps = [override for override in parsed if override.is_sweep_override()]
+    return bool(sweeps) and all(
+        isinstance(override.value(), ChoiceSweep) and override.value().simple_form
+        for override in sweeps
+    )
+
+
+def fail_abandoned_trials(study: optuna.Study) -> list[int]:
+    """Mark FAIL the RUNNING trials whose process died (Ctrl-C, crash, kill); returns them."""
+    abandoned = [
+        trial.number
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if process_is_gone(trial.system_attrs.get(OWNER, ""))
+    ]
+    for number in abandoned:
+        study.tell(number, state=TrialState.FAIL)
+    if abandoned:
+        log.warning("Marked trials %s FAIL: their process is gone", abandoned)
+    return abandoned
+
+
+def completed(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def consecutive_runs(numbers: list[int]) -> list[slice]:
+    """Index slices of `numbers` where each number is one more than the one before."""
+    starts = [0] + [i for i in range(1, len(numbers)) if numbers[i] != numbers[i - 1] + 1]
+    return [slice(a, b) for a, b in zip(starts, [*starts[1:], len(numbers)], strict=True)]
+
+
+class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
+    def sweep(self, arguments: list[str]) -> None:
+        if is_grid(arguments):
+            self._sweep_grid(arguments)
+            return
+        self._process_searchspace_config()
+        distributions, fixed, fixed_overrides = create_params_from_overrides(
+            [*self._parse_sweeper_params_config(), *arguments]
+        )
+        for name in fixed:
+            distributions.pop(name, None)
+        study = optuna.create_study(
+            study_name=self.study_name, storage=self.storage, sampler=self.sampler,
+            directions=self._get_directions(), load_if_exists=True,
+        )  # fmt: skip
+        fail_abandoned_trials(study)
+        log.info("Study %s: %d of %d trials complete", study.study_name, completed(study),
+                 self.n_trials)  # fmt: skip
+        failures = 0
+        while (missing := self.n_trials - completed(study)) > 0:
+            trials = [study.ask() for _ in range(min(self.n_jobs, missing))]
+            for trial in trials:
+                study._storage.set_trial_system_attr(trial._trial_id, OWNER, this_process())
+            overrides = self._configure_trials(trials, distributions, fixed, fixed_overrides)
+            returns = self._launch(study, trials, overrides)
+            failures += sum(
+                not self._tell(study, t, r) for t, r in zip(trials, returns, strict=True)
+            )
+            if failures > self.max_failure_rate * self.n_trials:
+                raise SweepFailedError(
+                    f"{failures} trials failed, more than max_failure_rate="
+                    f"{self.max_failure_rate} of n_trials={self.n_trials}; see the log above"
+                )
+        self._save_results(study)
+
+    def _launch(
+        self, study: optuna.Study, trials: list[optuna.Trial], overrides: Sequence[Sequence[str]]
+    ) -> list[JobReturn]:
+        """Run the trials with job numbers equal to trial numbers; FAIL them if interrupted."""
+        numbers = [trial.number for trial in trials]
+        returns: list[JobReturn] = []
+        try:
+            for run in consecutive_runs(numbers):
+                returns += self.launcher.launch(overrides[run], initial_job_idx=numbers[run][0])
+        except BaseException:
+            for trial in trials[len(returns) :]:
+                study.tell(trial, state=TrialState.FAIL)
+            raise
+        return returns
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> bool:
+        """Record a finished job in the study; False if it failed."""
+        try:
+            value = float(result.return_value)
+            if not math.isfinite(value):
+                raise ValueError(f"objective is {value}")
+        except Exception as error:
+            log.warning("Trial %d failed: %s", trial.number, error)
+            study.tell(trial, state=TrialState.FAIL)
+            return False
+        study.tell(trial, value)
+        return True
+
+    def _save_results(self, study: optuna.Study) -> None:
+        best = study.best_trial
+        log.info("Best value %s with %s", best.value, best.params)
+        OmegaConf.save(
+            OmegaConf.create(
+                {"name": "optuna", "best_params": best.params, "best_value": best.value}
+            ),
+            f"{self.config.hydra.sweep.dir}/optimization_results.yaml",
+        )
+
+    def _sweep_grid(self, arguments: list[str]) -> None:
+        log.info("Comma lists only: running the plain grid %s", arguments)
+        grid = BasicSweeper(max_batch_size=self.n_jobs)
+        grid.hydra_context, grid.config, grid.launcher = (
+            self.hydra_context, self.config, self.launcher
+        )  # fmt: skip
+        # Its own folders, so a grid never overwrites the trial_N folders of an Optuna study.
+        grid.sweep([*arguments, f"hydra.sweep.subdir={GRID_SUBDIR}"])
+
+
+class ResumableOptunaSweeper(OptunaSweeper):
+    """Hydra's OptunaSweeper with the resumable implementation above.
+
+    `storage` may also be a config with a `_target_`, such as Optuna's JournalStorage.
+    """
+
+    def __init__(self, sampler: Any, storage: Any, **options: Any) -> None:
+        self.sweeper = ResumableOptunaSweeperImpl(
+            sampler=instantiate(sampler, _execution_whitelist_=("optuna.samplers.*",)),
+            storage=make_storage(storage),
+            **options,
+        )
+
+
+def make_storage(storage: Any) -> Any:
+    """An Optuna storage URL as is; a config with `_target_` (JournalStorage) instantiated."""
+    if OmegaConf.is_config(storage):
+        return instantiate(storage, _execution_whitelist_=("optuna.storages.*",))
+    return storage
+
+
+def register() -> None:
+    """Let Hydra instantiate ResumableOptunaSweeper (it lives outside hydra_plugins)."""
+    Plugins.instance().register(ResumableOptunaSweeper)

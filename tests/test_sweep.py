@@ -1,0 +1,160 @@
+"""`python run.py -m` sweeps through Hydra, in temporary directories."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+import mnist_sweep
+from mnist_sweep.data import DataFiles, torchvision_dataset
+from mnist_sweep.sweeper import consecutive_runs, is_grid, process_is_gone
+
+RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
+
+
+def sweep_command(data_root: Path, *overrides: str) -> list[str]:
+    return [sys.executable, str(RUN_PY), "-m", f"data.root={data_root}",
+            "data.train_subset=3000", "trainer.epochs=1", *overrides]  # fmt: skip
+
+
+def run_sweep(folder: Path, data_root: Path, *overrides: str) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        sweep_command(data_root, *overrides), cwd=folder, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def study(folder: Path) -> optuna.Study:
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(folder / "optuna_journal.log"))
+    )
+    return optuna.load_study(study_name="mlp", storage=storage)
+
+
+def states(folder: Path) -> list[TrialState]:
+    return [trial.state for trial in study(folder).trials]
+
+
+def mlflow_runs(folder: Path, role: str):
+    client = mlflow.MlflowClient(f"sqlite:///{folder}/mlflow.db")
+    experiment = client.get_experiment_by_name("mnist_sweep").experiment_id
+    return client, client.search_runs([experiment], f"tags.`mnist_sweep.role` = '{role}'")
+
+
+def test_sweep_tracks_every_trial_under_its_sweep_and_keeps_the_best(
+    data_root: Path, tmp_path: Path
+) -> None:
+    run_sweep(tmp_path, data_root, "hydra.sweeper.n_trials=3", "sweep.min_test_accuracy=0.5")
+    assert states(tmp_path) == [TrialState.COMPLETE] * 3
+    client, [parent] = mlflow_runs(tmp_path, "sweep")
+    _, trials = mlflow_runs(tmp_path, "trial")
+    assert len(trials) == 3 and parent.info.status == "FINISHED"
+    assert {run.data.tags["mlflow.parentRunId"] for run in trials} == {parent.info.run_id}
+    assert len({frozenset(run.data.params) for run in trials}) == 1  # same keys in every trial
+    assert all("test_accuracy" in run.data.metrics for run in trials)
+    summary = {artifact.path for artifact in client.list_artifacts(parent.info.run_id)}
+    assert {"trials.csv", "best.json", "optimization_history.png"} <= summary
+
+    best = tmp_path / "multirun" / "mlp" / "best"
+    model = mnist_sweep.load_model(best / "model.pt")
+    test = torchvision_dataset(DataFiles(str(data_root)), train=False)
+    images = test.data.unsqueeze(1).float() / 255
+    with torch.no_grad():
+        accuracy = (model(images).argmax(1) == test.targets).float().mean().item()
+    best_run = max(trials, key=lambda run: run.data.metrics["val_accuracy"])
+    assert accuracy == pytest.approx(best_run.data.metrics["test_accuracy"], abs=1e-6)
+    assert accuracy >= 0.5
+    champion = client.get_model_version_by_alias("mnist_sweep_mlp", "champion")
+    assert champion.run_id == best_run.info.run_id
+
+
+def test_killed_sweep_resumes_to_exactly_n_trials_without_duplicate_runs(
+    data_root: Path, tmp_path: Path
+) -> None:
+    overrides = ["hydra.sweeper.n_trials=4", "sweep.min_test_accuracy=0.5"]
+    process = subprocess.Popen(
+        sweep_command(data_root, *overrides), cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if (tmp_path / "optuna_journal.log").exists():
+            seen = states(tmp_path)
+            if TrialState.COMPLETE in seen and seen[-1] is TrialState.RUNNING:
+                break
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    before = states(tmp_path)
+    assert 1 <= before.count(TrialState.COMPLETE) < 4 and TrialState.RUNNING in before
+
+    run_sweep(tmp_path, data_root, *overrides)
+    after = states(tmp_path)
+    assert after.count(TrialState.COMPLETE) == 4
+    assert after[: len(before)] == [
+        TrialState.FAIL if state is TrialState.RUNNING else state for state in before
+    ]
+    _, trials = mlflow_runs(tmp_path, "trial")
+    finished = [run for run in trials if run.info.status == "FINISHED"]
+    assert len(finished) == 4
+    assert len({run.data.tags["mnist_sweep.trial"] for run in trials}) == len(trials)
+    assert all(run.info.status in {"FINISHED", "FAILED"} for run in trials)
+    assert (tmp_path / "multirun" / "mlp" / "best" / "model.pt").exists()
+
+
+def test_sweep_below_the_threshold_keeps_nothing_and_says_so(
+    data_root: Path, tmp_path: Path
+) -> None:
+    done = run_sweep(
+        tmp_path, data_root, "hydra.sweeper.n_trials=2", "sweep.min_test_accuracy=0.999"
+    )
+    assert "kept nothing" in done.stderr + done.stdout
+    assert not (tmp_path / "multirun" / "mlp" / "best").exists()
+    client, _ = mlflow_runs(tmp_path, "trial")
+    assert not client.search_registered_models()
+
+
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(data_root: Path, tmp_path: Path) -> None:
+    run_sweep(
+        tmp_path, data_root, "hydra.sweeper.n_trials=3", "sweep.min_test_accuracy=0.5",
+        "optimizer.lr=choice(0.002,1e30)", "hydra.sweeper.max_failure_rate=1.0",
+    )  # fmt: skip
+    seen = states(tmp_path)
+    assert seen.count(TrialState.COMPLETE) == 3 and TrialState.FAIL in seen
+    _, trials = mlflow_runs(tmp_path, "trial")
+    assert {run.info.status for run in trials} == {"FINISHED", "FAILED"}
+
+
+def test_comma_lists_run_a_plain_grid(data_root: Path, tmp_path: Path) -> None:
+    run_sweep(tmp_path, data_root, "optimizer=adam,sgd", "data.batch_size=128,256")
+    _, trials = mlflow_runs(tmp_path, "trial")
+    pairs = {
+        (run.data.params["optimizer.name"], run.data.params["data.batch_size"]) for run in trials
+    }
+    assert pairs == {("adam", "128"), ("adam", "256"), ("sgd", "128"), ("sgd", "256")}
+    with pytest.raises(KeyError):  # no Optuna study: a grid asks no sampler
+        study(tmp_path)
+    folders = sorted(path.name for path in (tmp_path / "multirun" / "mlp").glob("grid_*"))
+    assert len(folders) == 4 and folders[0].endswith("_0")
+
+
+def test_grid_detection_and_helpers() -> None:
+    assert is_grid(["optimizer=adam,sgd", "trainer.epochs=2"])
+    assert not is_grid(["optimizer.lr=tag(log, interval(1e-4, 1e-1))"])
+    assert not is_grid(["optimizer=choice(adam,sgd)"])
+    assert not is_grid([])
+    assert consecutive_runs([4, 5, 7, 8, 9]) == [slice(0, 2), slice(2, 5)]
+    assert not process_is_gone(f"{os.uname().nodename}:{os.getpid()}")
+    assert not process_is_gone("another-host:1")
