@@ -41,7 +41,8 @@ def main() -> None:
     )  # fmt: skip
     print(f"{len(trials)} trials in {wall:.0f} s: {3600 * len(trials) / wall:.0f} trials/hour")
     print(
-        f"training epochs {training:.0f} s; per-trial overhead {(wall - training) / len(trials):.2f} s"
+        f"training epochs {training:.0f} s; "
+        f"per-trial overhead {(wall - training) / len(trials):.2f} s"
     )
     print(f"kept: {best}")
 
