@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -61,7 +62,9 @@ def optuna_plots(study: optuna.Study, folder: Path) -> list[Path]:
         ("param_importances", optuna_plt.plot_param_importances),
     ):
         try:
-            axes = plot(study)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                axes = plot(study)
         except (ValueError, RuntimeError) as error:
             log.warning("Optuna %s plot skipped: %s", name, error)
             continue

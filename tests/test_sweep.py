@@ -137,6 +137,17 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(data_root: Path, tmp_
     assert {run.info.status for run in trials} == {"FINISHED", "FAILED"}
 
 
+def test_parallel_trials_with_the_joblib_launcher(data_root: Path, tmp_path: Path) -> None:
+    run_sweep(
+        tmp_path, data_root, "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=2", "sweep.min_test_accuracy=0.5",
+    )  # fmt: skip
+    assert states(tmp_path) == [TrialState.COMPLETE] * 2
+    _, trials = mlflow_runs(tmp_path, "trial")
+    assert sorted(run.data.tags["mnist_sweep.trial"] for run in trials) == ["trial_0", "trial_1"]
+    assert len({run.data.tags["mnist_sweep.owner"] for run in trials}) == 2  # two processes
+
+
 def test_comma_lists_run_a_plain_grid(data_root: Path, tmp_path: Path) -> None:
     run_sweep(tmp_path, data_root, "optimizer=adam,sgd", "data.batch_size=128,256")
     _, trials = mlflow_runs(tmp_path, "trial")
