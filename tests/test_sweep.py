@@ -145,7 +145,6 @@ def test_parallel_trials_with_the_joblib_launcher(data_root: Path, tmp_path: Pat
     assert states(tmp_path) == [TrialState.COMPLETE] * 2
     _, trials = mlflow_runs(tmp_path, "trial")
     assert sorted(run.data.tags["mnist_sweep.trial"] for run in trials) == ["trial_0", "trial_1"]
-    assert len({run.data.tags["mnist_sweep.owner"] for run in trials}) == 2  # two processes
 
 
 def test_comma_lists_run_a_plain_grid(data_root: Path, tmp_path: Path) -> None:
