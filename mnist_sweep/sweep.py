@@ -63,14 +63,9 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         mlflow_config = _typed(config, "mlflow", MlflowConfig)
-        client = mlflow.MlflowClient(mlflow_config.tracking_uri)
-        experiment = tracking.experiment_id(mlflow_config)
+        client, experiment = tracking.client_for(mlflow_config)
         identity = sweep_id(config.hydra)
-        if not tracking.sweep_runs(client, experiment, identity, "sweep"):
-            client.create_run(
-                experiment, run_name=f"sweep {Path(identity).name}",
-                tags={tracking.SWEEP_ID: identity, tracking.ROLE: "sweep"},
-            )  # fmt: skip
+        tracking.sweep_parent(client, experiment, identity, create=True)
         for run in tracking.sweep_runs(client, experiment, identity, "trial", "RUNNING"):
             if process_is_gone(run.data.tags.get(tracking.OWNER, "")):
                 log.warning("Marking MLflow run %s FAILED: its process is gone", run.info.run_id)
@@ -81,10 +76,9 @@ class SweepCallback(Callback):
 
         mlflow_config = _typed(config, "mlflow", MlflowConfig)
         sweep_config = _typed(config, "sweep", SweepConfig)
-        client = mlflow.MlflowClient(mlflow_config.tracking_uri)
-        experiment = tracking.experiment_id(mlflow_config)
+        client, experiment = tracking.client_for(mlflow_config)
         identity = sweep_id(config.hydra)
-        [parent] = tracking.sweep_runs(client, experiment, identity, "sweep")
+        parent = tracking.sweep_parent(client, experiment, identity, create=True)
         trials = tracking.sweep_runs(client, experiment, identity, "trial", "FINISHED")
         sweep_report.log_summary(client, parent.info.run_id, trials, config.hydra)
         keep_best(client, trials, sweep_config, Path(config.hydra.sweep.dir) / "best")

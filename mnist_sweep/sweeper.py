@@ -1,7 +1,8 @@
 """Which trials a sweep runs: Hydra's Optuna sweeper, made resumable and failure-tolerant.
 
 Differences from `hydra_plugins.hydra_optuna_sweeper` (whose search-space parsing we reuse):
-- `n_trials` counts COMPLETE trials in the study, so a resumed sweep runs only what is missing;
+- `n_trials` counts COMPLETE trials in the study (and those RUNNING in other processes), so a
+  resumed sweep runs only what is missing and cooperating processes do not overshoot;
 - trials left RUNNING by a dead process on this machine are marked FAIL when a sweep starts;
 - a failed trial is told FAIL and replaced, until failures exceed `max_failure_rate * n_trials`;
 - Hydra's job number is the Optuna trial number, so output folders never collide on resume;
@@ -84,8 +85,10 @@ def fail_abandoned_trials(study: optuna.Study) -> list[int]:
     return abandoned
 
 
-def completed(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+def missing(study: optuna.Study, n_trials: int) -> int:
+    """Trials still to ask for: those neither complete nor in flight in another process."""
+    states = (TrialState.COMPLETE, TrialState.RUNNING)
+    return n_trials - len(study.get_trials(deepcopy=False, states=states))
 
 
 def consecutive_runs(numbers: list[int]) -> list[slice]:
@@ -110,18 +113,12 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
             directions=self._get_directions(), load_if_exists=True,
         )  # fmt: skip
         fail_abandoned_trials(study)
-        log.info("Study %s: %d of %d trials complete", study.study_name, completed(study),
-                 self.n_trials)  # fmt: skip
+        log.info("Study %s: %d of %d trials to run", study.study_name,
+                 missing(study, self.n_trials), self.n_trials)  # fmt: skip
         failures = 0
-        while (missing := self.n_trials - completed(study)) > 0:
-            trials = [study.ask() for _ in range(min(self.n_jobs, missing))]
-            for trial in trials:
-                study._storage.set_trial_system_attr(trial._trial_id, OWNER, this_process())
-            overrides = self._configure_trials(trials, distributions, fixed, fixed_overrides)
-            returns = self._launch(study, trials, overrides)
-            failures += sum(
-                not self._tell(study, t, r) for t, r in zip(trials, returns, strict=True)
-            )
+        while (to_ask := missing(study, self.n_trials)) > 0:
+            size = min(self.n_jobs, to_ask)
+            failures += self._run_batch(study, size, (distributions, fixed, fixed_overrides))
             if failures > self.max_failure_rate * self.n_trials:
                 raise SweepFailedError(
                     f"{failures} trials failed, more than max_failure_rate="
@@ -129,19 +126,33 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                 )
         self._save_results(study)
 
+    def _run_batch(self, study: optuna.Study, size: int, space: tuple) -> int:
+        """Ask, run and tell `size` trials; returns how many failed.
+
+        If interrupted (Ctrl-C), the batch's unfinished trials are told FAIL before it stops.
+        """
+        trials: list[optuna.Trial] = []
+        try:
+            for _ in range(size):
+                trials.append(study.ask())
+                study._storage.set_trial_system_attr(trials[-1]._trial_id, OWNER, this_process())
+            returns = self._launch(trials, self._configure_trials(trials, *space))
+            told = [self._tell(study, t, r) for t, r in zip(trials, returns, strict=True)]
+        except BaseException:
+            for trial in trials:
+                if study._storage.get_trial(trial._trial_id).state is TrialState.RUNNING:
+                    study.tell(trial.number, state=TrialState.FAIL)
+            raise
+        return told.count(False)
+
     def _launch(
-        self, study: optuna.Study, trials: list[optuna.Trial], overrides: Sequence[Sequence[str]]
+        self, trials: list[optuna.Trial], overrides: Sequence[Sequence[str]]
     ) -> list[JobReturn]:
-        """Run the trials with job numbers equal to trial numbers; FAIL them if interrupted."""
+        """Run the trials with Hydra job numbers equal to their trial numbers."""
         numbers = [trial.number for trial in trials]
         returns: list[JobReturn] = []
-        try:
-            for run in consecutive_runs(numbers):
-                returns += self.launcher.launch(overrides[run], initial_job_idx=numbers[run][0])
-        except BaseException:
-            for trial in trials[len(returns) :]:
-                study.tell(trial, state=TrialState.FAIL)
-            raise
+        for run in consecutive_runs(numbers):
+            returns += self.launcher.launch(overrides[run], initial_job_idx=numbers[run][0])
         return returns
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> bool:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import functools
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,8 +36,25 @@ def artifact_location(tracking_uri: str) -> str | None:
     return (database.parent / "mlartifacts").resolve().as_uri()
 
 
+@functools.cache
+def initialize_store(tracking_uri: str) -> None:
+    """Create or upgrade a SQLite store's tables under a file lock, once per process.
+
+    Two sweep processes starting together would otherwise both run MLflow's schema migrations
+    on a new database and fail ("table ... already exists").
+    """
+    if urlparse(tracking_uri).scheme != "sqlite":
+        return
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{database}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        mlflow.MlflowClient(tracking_uri).search_experiments(max_results=1)
+
+
 def experiment_id(config: MlflowConfig) -> str:
     """Point MLflow at `config.tracking_uri` and return the experiment's id, creating it once."""
+    initialize_store(config.tracking_uri)
     mlflow.set_tracking_uri(config.tracking_uri)
     experiment = mlflow.get_experiment_by_name(config.experiment_name)
     if experiment is not None:
@@ -88,11 +107,34 @@ def sweep_runs(
     return client.search_runs([experiment], query, max_results=50_000)
 
 
+def sweep_parent(
+    client: mlflow.MlflowClient, experiment: str, sweep_id: str, create: bool = False
+) -> mlflow.entities.Run | None:
+    """The sweep's parent run (the oldest, should two processes have raced to create one)."""
+    parents = sweep_runs(client, experiment, sweep_id, "sweep")
+    if not parents and create:
+        ours = client.create_run(
+            experiment, run_name=f"sweep {sweep_id.rsplit('/', 1)[-1]}",
+            tags={SWEEP_ID: sweep_id, ROLE: "sweep"},
+        )  # fmt: skip
+        parents = sweep_runs(client, experiment, sweep_id, "sweep")
+        if len(parents) > 1:
+            client.delete_run(ours.info.run_id)
+            parents = [run for run in parents if run.info.run_id != ours.info.run_id]
+    return min(parents, key=lambda run: run.info.start_time, default=None)
+
+
+def client_for(config: MlflowConfig) -> tuple[mlflow.MlflowClient, str]:
+    """A client of `config.tracking_uri` and the id of `config.experiment_name`."""
+    experiment = experiment_id(config)
+    return mlflow.MlflowClient(config.tracking_uri), experiment
+
+
 def trial_tags(config: MlflowConfig, sweep_id: str, trial: str, owner: str) -> dict[str, str]:
     """Tags that nest a trial's run under its sweep's parent run in the MLflow UI."""
-    client = mlflow.MlflowClient(config.tracking_uri)
-    parents = sweep_runs(client, experiment_id(config), sweep_id, "sweep")
+    client, experiment = client_for(config)
+    parent = sweep_parent(client, experiment, sweep_id)
     tags = {SWEEP_ID: sweep_id, TRIAL: trial, ROLE: "trial", OWNER: owner}
-    if parents:
-        tags["mlflow.parentRunId"] = parents[0].info.run_id
+    if parent is not None:
+        tags["mlflow.parentRunId"] = parent.info.run_id
     return tags

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -80,25 +81,30 @@ def test_sweep_tracks_every_trial_under_its_sweep_and_keeps_the_best(
     assert champion.run_id == best_run.info.run_id
 
 
-def test_killed_sweep_resumes_to_exactly_n_trials_without_duplicate_runs(
-    data_root: Path, tmp_path: Path
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
+def test_interrupted_sweep_resumes_to_exactly_n_trials_without_duplicate_runs(
+    data_root: Path, tmp_path: Path, stop: signal.Signals
 ) -> None:
-    overrides = ["hydra.sweeper.n_trials=4", "sweep.min_test_accuracy=0.5"]
+    # Three epochs a trial, so the signal lands inside a trial, not between two.
+    overrides = ["hydra.sweeper.n_trials=4", "sweep.min_test_accuracy=0.5", "trainer.epochs=3"]
     process = subprocess.Popen(
         sweep_command(data_root, *overrides), cwd=tmp_path,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        if (tmp_path / "optuna_journal.log").exists():
+        with contextlib.suppress(KeyError):  # the journal file exists before the study does
             seen = states(tmp_path)
             if TrialState.COMPLETE in seen and seen[-1] is TrialState.RUNNING:
                 break
         time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    os.kill(process.pid, stop)
+    process.wait(timeout=60)
     before = states(tmp_path)
-    assert 1 <= before.count(TrialState.COMPLETE) < 4 and TrialState.RUNNING in before
+    assert 1 <= before.count(TrialState.COMPLETE) < 4
+    # Ctrl-C fails the trial in flight at once; a killed process leaves it for the resume.
+    in_flight = TrialState.RUNNING if stop is signal.SIGKILL else TrialState.FAIL
+    assert before[-1] is in_flight
 
     run_sweep(tmp_path, data_root, *overrides)
     after = states(tmp_path)
@@ -112,6 +118,23 @@ def test_killed_sweep_resumes_to_exactly_n_trials_without_duplicate_runs(
     assert len({run.data.tags["mnist_sweep.trial"] for run in trials}) == len(trials)
     assert all(run.info.status in {"FINISHED", "FAILED"} for run in trials)
     assert (tmp_path / "multirun" / "mlp" / "best" / "model.pt").exists()
+
+
+def test_two_processes_share_one_study(data_root: Path, tmp_path: Path) -> None:
+    command = sweep_command(data_root, "hydra.sweeper.n_trials=4", "sweep.min_test_accuracy=0.5")
+    processes = [
+        subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    for process in processes:
+        assert process.wait(timeout=600) == 0, process.stderr.read().decode()[-3000:]
+    assert states(tmp_path) == [TrialState.COMPLETE] * 4
+    _, trials = mlflow_runs(tmp_path, "trial")
+    assert sorted(run.data.tags["mnist_sweep.trial"] for run in trials) == [
+        f"trial_{n}" for n in range(4)
+    ]
+    _, parents = mlflow_runs(tmp_path, "sweep")
+    assert len(parents) == 1
 
 
 def test_sweep_below_the_threshold_keeps_nothing_and_says_so(
