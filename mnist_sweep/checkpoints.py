@@ -22,21 +22,26 @@ class CheckpointError(ValueError):
 def save_checkpoint(
     path: Path,
     model: MLP,
-    model_config: dict[str, Any],
+    *,
     normalization: dict[str, float],
     class_names: list[str],
     metrics: dict[str, float],
     config: dict[str, Any],
+    history: list[dict[str, float]] | None = None,
+    run_id: str | None = None,
 ) -> Path:
-    """Write everything `load_model` needs, plus the run's config, metrics and library versions."""
+    """Write everything `load_model` needs, plus the run's config, metrics, per-epoch history,
+    MLflow run id and library versions."""
     checkpoint = {
         "format": FORMAT,
         "state_dict": {key: value.cpu() for key, value in model.state_dict().items()},
-        "model_config": model_config,
+        "model_config": model.hparams,
         "normalization": normalization,
         "class_names": class_names,
         "metrics": metrics,
         "config": config,
+        "history": history or [],
+        "run_id": run_id,
         "versions": {name: version(name) for name in ("torch", "torchvision", "mnist_sweep")},
     }
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from tqdm import tqdm
 from mnist_sweep import checkpoints, device, tracking
 from mnist_sweep.config import RunConfig, to_run_config
 from mnist_sweep.data import CLASS_NAMES, Loaders, make_loaders
+from mnist_sweep.evaluate import report_and_log
 from mnist_sweep.explore import show5_png
 from mnist_sweep.models import MLP
 from mnist_sweep.sweep import SweepJob, job_tags
@@ -31,7 +32,7 @@ def run(cfg: DictConfig, output_dir: Path, job: SweepJob | None = None) -> float
     target = device.configure(config.trainer)
     torch.manual_seed(config.trainer.seed)
     tags = job_tags(config.mlflow, job)
-    with tracking.tracked_run(config.mlflow, tracking.flatten(resolved), tags):
+    with tracking.tracked_run(config.mlflow, tracking.flatten(resolved), tags) as active:
         started = time.perf_counter()
         loaders = make_loaders(config.data, target, config.trainer.seed)
         model = MLP(config.model.hidden_sizes, config.model.dropout).to(target)
@@ -49,10 +50,12 @@ def run(cfg: DictConfig, output_dir: Path, job: SweepJob | None = None) -> float
             "train_samples_per_s": _train_samples(loaders) * len(history) / train_seconds,
         }
         tracking.log_metrics(summary)
+        records = [asdict(epoch) for epoch in history]
         metrics = {**_epoch_values(history[-1]), **summary}
-        outputs = _write_outputs(output_dir, model, config, resolved, metrics, loaders)
-        tracking.log_artifacts(outputs)
+        checkpoint = Checkpoint(resolved, metrics, records, active.info.run_id)
+        tracking.log_artifacts(_write_outputs(output_dir, model, config, checkpoint, loaders))
         log.info(" ".join(f"{key}={value:.4f}" for key, value in summary.items()))
+        report_and_log(model, loaders.test, target, output_dir / "evaluation", records)
     return history[-1].val_accuracy
 
 
@@ -90,29 +93,29 @@ class _progress:
             self.bar.update()
 
 
+@dataclass
+class Checkpoint:
+    """What a run adds to its model.pt besides the weights."""
+
+    config: dict[str, Any]
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    run_id: str
+
+
 def _write_outputs(
-    output_dir: Path,
-    model: MLP,
-    config: RunConfig,
-    resolved: dict[str, Any],
-    metrics: dict[str, float],
-    loaders: Loaders,
+    output_dir: Path, model: MLP, config: RunConfig, checkpoint: Checkpoint, loaders: Loaders
 ) -> list[Path]:
     """The run's files: resolved config, model checkpoint and show5 picture."""
     output_dir.mkdir(parents=True, exist_ok=True)
     config_path = output_dir / "config.yaml"
-    config_path.write_text(OmegaConf.to_yaml(resolved))
+    config_path.write_text(OmegaConf.to_yaml(checkpoint.config))
     model_path = checkpoints.save_checkpoint(
         output_dir / "model.pt",
         model,
-        model_config={
-            "hidden_sizes": list(config.model.hidden_sizes),
-            "dropout": config.model.dropout,
-        },
         normalization={"mean": config.data.mean, "std": config.data.std},
         class_names=CLASS_NAMES,
-        metrics=metrics,
-        config=resolved,
+        **asdict(checkpoint),
     )
     images, labels = next(iter(loaders.val))
     show5_path = output_dir / "show5.png"

@@ -22,6 +22,9 @@ class MLP(nn.Module):
         num_classes: int = NUM_CLASSES,
     ) -> None:
         super().__init__()
+        # What checkpoints store to rebuild this network: MLP(**net.hparams).
+        self.hparams = {"hidden_sizes": list(hidden_sizes), "dropout": dropout,
+                        "input_size": input_size, "num_classes": num_classes}  # fmt: skip
         if len(hidden_sizes) < 2:
             raise ValueError(f"an MLP here has at least two hidden layers, got {hidden_sizes}")
         layers: list[nn.Module] = []

@@ -35,6 +35,16 @@ def trial_table(trials: list[mlflow.entities.Run]) -> list[dict[str, object]]:
     return sorted(rows, key=lambda row: -(row[OBJECTIVE] or 0.0))
 
 
+def markdown_table(rows: list[dict[str, object]]) -> str:
+    """The trial table as GitHub Markdown."""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    for row in rows:
+        cells = (f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def study_of(hydra_cfg: DictConfig) -> optuna.Study | None:
     """The sweep's Optuna study, or None for a grid or a sweeper without storage."""
     sweeper = hydra_cfg.sweeper
@@ -60,6 +70,8 @@ def optuna_plots(study: optuna.Study, folder: Path) -> list[Path]:
     for name, plot in (
         ("optimization_history", optuna_plt.plot_optimization_history),
         ("param_importances", optuna_plt.plot_param_importances),
+        ("parallel_coordinate", optuna_plt.plot_parallel_coordinate),
+        ("slice", optuna_plt.plot_slice),
     ):
         try:
             with warnings.catch_warnings():
@@ -69,8 +81,9 @@ def optuna_plots(study: optuna.Study, folder: Path) -> list[Path]:
             log.warning("Optuna %s plot skipped: %s", name, error)
             continue
         path = folder / f"{name}.png"
-        axes.figure.savefig(path, bbox_inches="tight", dpi=100)
-        plt.close(axes.figure)
+        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+        figure.savefig(path, bbox_inches="tight", dpi=100)
+        plt.close(figure)
         paths.append(path)
     return paths
 
@@ -92,6 +105,8 @@ def log_summary(
                 writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
                 writer.writeheader()
                 writer.writerows(rows)
+            files.append(folder / "trials.md")
+            files[-1].write_text(markdown_table(rows))
             best = rows[0]
             files.append(folder / "best.json")
             files[-1].write_text(json.dumps(best, indent=2))

@@ -85,10 +85,10 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     mlflow.log_metrics(dict(metrics), step=step)
 
 
-def log_artifacts(paths: list[Path]) -> None:
-    """Copy files into the active run's artifacts."""
+def log_artifacts(paths: list[Path], folder: str | None = None) -> None:
+    """Copy files into the active run's artifacts (into `folder` if given)."""
     for path in paths:
-        mlflow.log_artifact(str(path))
+        mlflow.log_artifact(str(path), folder)
 
 
 SWEEP_ID = "mnist_sweep.sweep_id"

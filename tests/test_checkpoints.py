@@ -14,9 +14,9 @@ def saved(tmp_path: Path) -> tuple[Path, MLP]:
     torch.manual_seed(0)
     net = MLP([32, 16], dropout=0.3)
     path = save_checkpoint(
-        tmp_path / "model.pt", net, {"hidden_sizes": [32, 16], "dropout": 0.3},
-        {"mean": 0.1307, "std": 0.3081}, [str(d) for d in range(10)],
-        {"test_accuracy": 0.5}, {"optimizer": {"lr": 0.001}},
+        tmp_path / "model.pt", net, normalization={"mean": 0.1307, "std": 0.3081},
+        class_names=[str(d) for d in range(10)], metrics={"test_accuracy": 0.5},
+        config={"optimizer": {"lr": 0.001}}, run_id="abc",
     )  # fmt: skip
     return path, net
 
@@ -36,6 +36,7 @@ def test_checkpoint_carries_config_metrics_and_versions(tmp_path: Path) -> None:
     assert checkpoint["metrics"] == {"test_accuracy": 0.5}
     assert checkpoint["class_names"][3] == "3"
     assert set(checkpoint["versions"]) == {"torch", "torchvision", "mnist_sweep"}
+    assert checkpoint["run_id"] == "abc" and checkpoint["model_config"]["hidden_sizes"] == [32, 16]
 
 
 def test_missing_truncated_and_foreign_files_are_refused(tmp_path: Path) -> None:

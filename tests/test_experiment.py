@@ -56,7 +56,7 @@ def test_metrics_per_epoch_and_at_the_end(finished) -> None:
 def test_artifacts_are_the_config_model_and_show5(finished) -> None:
     _, client, runs, out = finished
     names = {artifact.path for artifact in client.list_artifacts(runs[0].info.run_id)}
-    assert names == {"config.yaml", "model.pt", "show5.png"}
+    assert names == {"config.yaml", "model.pt", "show5.png", "evaluation"}
     assert (out / "show5.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     local = client.download_artifacts(runs[0].info.run_id, "model.pt", str(out / "dl"))
     probabilities = mnist_sweep.load_model(local)(torch.rand(2, *IMAGE_SHAPE))

@@ -1,0 +1,146 @@
+"""An evaluation written out: PNG figures, per-class CSV, and the metrics MLflow receives."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mnist_sweep.evaluation import Predictions, confident_mistakes, summarize
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    return pyplot
+
+
+def _save(figure, path: Path) -> Path:
+    figure.savefig(path, bbox_inches="tight", dpi=100)
+    _pyplot().close(figure)
+    return path
+
+
+def confusion_matrix_png(matrix: torch.Tensor, class_names: list[str], path: Path) -> Path:
+    """Heatmap of true (rows) against predicted (columns) classes, with the counts written in."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.5, 5.5))
+    # Log colour scale: the diagonal is ~1000 per cell, the mistakes 0-20.
+    image = axis.imshow(matrix.clamp(min=1).log10().numpy(), cmap="Blues")
+    for row, counts in enumerate(matrix.tolist()):
+        for column, count in enumerate(counts):
+            colour = "white" if row == column else "black"
+            axis.text(column, row, str(count), ha="center", va="center", fontsize=8, color=colour)
+    axis.set(xticks=range(len(class_names)), yticks=range(len(class_names)),
+             xticklabels=class_names, yticklabels=class_names,
+             xlabel="predicted", ylabel="true", title="Confusion matrix (test set)")  # fmt: skip
+    figure.colorbar(image, ax=axis, label="log10(count)")
+    return _save(figure, path)
+
+
+def reliability_png(summary: dict[str, Any], path: Path) -> Path:
+    """Accuracy against confidence per bin; the diagonal is perfect calibration."""
+    calibration = summary["calibration"]
+    plt = _pyplot()
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(5.5, 6), height_ratios=[3, 1], sharex=True)
+    centers = ((calibration.bin_edges[:-1] + calibration.bin_edges[1:]) / 2).numpy()
+    width = (calibration.bin_edges[1] - calibration.bin_edges[0]).item()
+    top.bar(centers, calibration.bin_accuracy.nan_to_num(0).numpy(), width=width, edgecolor="black",
+            label="accuracy in bin")  # fmt: skip
+    top.plot([0, 1], [0, 1], "r--", label="perfect calibration")
+    top.set(ylabel="accuracy", title=f"Reliability diagram (ECE {calibration.ece:.4f})")
+    top.legend(loc="upper left")
+    bottom.bar(centers, calibration.bin_count.numpy(), width=width, edgecolor="black")
+    bottom.set(xlabel="confidence (max probability)", ylabel="predictions", yscale="log")
+    return _save(figure, path)
+
+
+def mistakes_png(predictions: Predictions, class_names: list[str], path: Path) -> Path:
+    """The most confident wrong predictions, with true label, prediction and confidence."""
+    indices = confident_mistakes(predictions).tolist()
+    plt = _pyplot()
+    columns = 8
+    rows = max(1, -(-len(indices) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, index in zip(axes.flat, indices, strict=False):
+        axis.imshow(predictions.images[index].reshape(28, 28).numpy(), cmap="gray")
+        axis.set_title(
+            f"true {class_names[predictions.labels[index]]} "
+            f"pred {class_names[predictions.predicted[index]]}\n"
+            f"p={predictions.confidence[index]:.3f}", fontsize=8,
+        )  # fmt: skip
+    figure.suptitle("Most confident mistakes (test set)" if indices else "No mistakes")
+    return _save(figure, path)
+
+
+def curves_png(history: Sequence[dict[str, float]], path: Path) -> Path:
+    """Loss and accuracy per epoch, training against validation."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    epochs = [row["epoch"] for row in history]
+    for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for split in ("train", "val"):
+            axis.plot(epochs, [row[f"{split}_{metric}"] for row in history], "o-", label=split)
+        axis.set(xlabel="epoch", ylabel=metric, title=f"{metric} per epoch")
+        axis.legend()
+    return _save(figure, path)
+
+
+def flat_metrics(summary: dict[str, Any], class_names: list[str]) -> dict[str, float]:
+    """The summary as MLflow metrics: test_accuracy_ci95_low/high, test_ece, per-class scores."""
+    low, high = summary["accuracy_ci95"]
+    metrics = {"test_accuracy_ci95_low": low, "test_accuracy_ci95_high": high,
+               "test_ece": summary["calibration"].ece,
+               "test_macro_f1": summary["per_class"]["f1"].mean().item()}  # fmt: skip
+    for score, values in summary["per_class"].items():
+        for name, value in zip(class_names, values.tolist(), strict=True):
+            metrics[f"test_{score}_{name}"] = value
+    return metrics
+
+
+def per_class_csv(summary: dict[str, Any], class_names: list[str], path: Path) -> Path:
+    support = summary["confusion_matrix"].sum(1).tolist()
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["class", "precision", "recall", "f1", "support"])
+        for i, name in enumerate(class_names):
+            scores = [
+                round(summary["per_class"][k][i].item(), 6) for k in ("precision", "recall", "f1")
+            ]
+            writer.writerow([name, *scores, support[i]])
+    return path
+
+
+def write_report(
+    folder: Path,
+    predictions: Predictions,
+    class_names: list[str],
+    history: Sequence[dict[str, float]] = (),
+) -> tuple[list[Path], dict[str, float]]:
+    """Every evaluation artifact in `folder`; returns the files and the flat metrics."""
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = summarize(predictions, class_names)
+    metrics = flat_metrics(summary, class_names)
+    files = [
+        confusion_matrix_png(
+            summary["confusion_matrix"], class_names, folder / "confusion_matrix.png"
+        ),
+        reliability_png(summary, folder / "reliability.png"),
+        mistakes_png(predictions, class_names, folder / "confident_mistakes.png"),
+        per_class_csv(summary, class_names, folder / "per_class.csv"),
+    ]
+    if history:
+        files.append(curves_png(history, folder / "training_curves.png"))
+    evaluation = {"accuracy": summary["accuracy"], **metrics}
+    files.append(folder / "evaluation.json")
+    files[-1].write_text(json.dumps(evaluation, indent=2))
+    return files, metrics
