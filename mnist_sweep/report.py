@@ -140,7 +140,17 @@ def write_report(
     ]
     if history:
         files.append(curves_png(history, folder / "training_curves.png"))
-    evaluation = {"accuracy": summary["accuracy"], **metrics}
+    calibration = summary["calibration"]
+    bins = [
+        {"from": low, "to": high, "count": count, "confidence": conf, "accuracy": acc}
+        for low, high, count, conf, acc in zip(
+            calibration.bin_edges[:-1].tolist(), calibration.bin_edges[1:].tolist(),
+            calibration.bin_count.tolist(), calibration.bin_confidence.nan_to_num(0).tolist(),
+            calibration.bin_accuracy.nan_to_num(0).tolist(), strict=True,
+        )
+        if count
+    ]  # fmt: skip
+    evaluation = {"accuracy": summary["accuracy"], **metrics, "calibration_bins": bins}
     files.append(folder / "evaluation.json")
     files[-1].write_text(json.dumps(evaluation, indent=2))
     return files, metrics
