@@ -36,12 +36,13 @@ def run(cfg: DictConfig, output_dir: Path, job: SweepJob | None = None) -> float
         started = time.perf_counter()
         loaders = make_loaders(config.data, target, config.trainer.seed)
         model = MLP(config.model.hidden_sizes, config.model.dropout).to(target)
+        training_started = time.perf_counter()
         with _progress(config) as on_epoch:
             history = fit(
                 model, loaders.train, loaders.val, config.optimizer, config.trainer, target,
                 on_epoch,
             )  # fmt: skip
-        train_seconds = time.perf_counter() - started
+        train_seconds = time.perf_counter() - training_started
         test_loss, test_accuracy = evaluate(model, loaders.test, target)
         summary = {
             "test_loss": test_loss,
