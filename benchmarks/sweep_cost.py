@@ -4,7 +4,8 @@
 
 Runs the sweep in a temporary folder, then reads its MLflow runs. Per-trial overhead is
 everything but the training epochs: (sweep wall time - summed epoch time) / trials, where a
-trial's epoch time is its epochs x training samples / its train_samples_per_s.
+trial's epoch time is its epochs x training samples / its train_samples_per_s. The
+evaluation report's share of it is each trial's `evaluation_time_s`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def main() -> None:
         f"training epochs {training:.0f} s; "
         f"per-trial overhead {(wall - training) / len(trials):.2f} s"
     )
+    evaluation = [run.data.metrics.get("evaluation_time_s", 0.0) for run in trials]
+    print(f"of which the evaluation report: {sum(evaluation) / len(trials):.2f} s per trial")
     print(f"kept: {best}")
 
 
