@@ -14,6 +14,7 @@ from mnist_sweep.config import OptimizerConfig, OptimizerName, Schedule, Trainer
 from mnist_sweep.models import MLP
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+CHECK_EVERY = 50  # batches between checks that the training loss is still finite
 
 
 class DivergedError(RuntimeError):
@@ -65,7 +66,7 @@ def train_epoch(
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
-    for images, labels in batches:
+    for batch, (images, labels) in enumerate(batches, 1):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         logits = model.logits(images)
         loss = F.cross_entropy(logits, labels)
@@ -74,14 +75,21 @@ def train_epoch(
         optimizer.step()
         if schedule is not None:
             schedule.step()
-        # Summed on the device and read once per epoch: a .item() per batch would sync.
+        # Summed on the device and read every CHECK_EVERY batches: a read per batch would
+        # make a GPU wait for each step; a read per epoch would waste an epoch after a NaN.
         loss_sum += loss.detach() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
+        if batch % CHECK_EVERY == 0:
+            _check_finite(loss_sum, seen)
+    _check_finite(loss_sum, seen)
+    return loss_sum.item() / seen, correct.item() / seen
+
+
+def _check_finite(loss_sum: torch.Tensor, seen: int) -> None:
     mean_loss = loss_sum.item() / seen
     if not math.isfinite(mean_loss):
-        raise DivergedError(f"training loss became {mean_loss}; stopping this run")
-    return mean_loss, correct.item() / seen
+        raise DivergedError(f"training loss became {mean_loss} after {seen} samples; stopping")
 
 
 @torch.no_grad()

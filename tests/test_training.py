@@ -6,7 +6,7 @@ import torch
 from mnist_sweep.config import OptimizerName, to_run_config
 from mnist_sweep.data import tensor_loaders
 from mnist_sweep.models import MLP
-from mnist_sweep.training import DivergedError, fit, make_optimizer
+from mnist_sweep.training import CHECK_EVERY, DivergedError, fit, make_optimizer
 
 CPU = torch.device("cpu")
 
@@ -35,11 +35,14 @@ def test_same_config_and_seed_give_the_same_metrics(small_cfg) -> None:
     assert short_fit(other) != first
 
 
-def test_a_diverging_run_stops_with_a_clear_error(small_cfg) -> None:
+def test_a_diverging_run_stops_within_the_epoch_with_a_clear_error(small_cfg) -> None:
     config = to_run_config(small_cfg)
     config.optimizer.lr = 1e30
-    with pytest.raises(DivergedError, match="loss became"):
+    config.data.train_subset, config.data.batch_size = 20_000, 10  # 2,000 batches an epoch
+    with pytest.raises(DivergedError, match="loss became") as error:
         short_fit(config, epochs=5)
+    seen = int(error.value.args[0].split(" after ")[1].split()[0])
+    assert seen <= CHECK_EVERY * 10  # stopped after 50 batches, not at the end of the epoch
 
 
 @pytest.mark.parametrize(
