@@ -2,7 +2,8 @@
 
 Differences from `hydra_plugins.hydra_optuna_sweeper` (whose search-space parsing we reuse):
 - `n_trials` counts COMPLETE trials in the study (and those RUNNING in other processes), so a
-  resumed sweep runs only what is missing and cooperating processes do not overshoot;
+  resumed sweep runs only what is missing and cooperating processes do not overshoot; a
+  process whose share is done waits for the others' trials, to replace any that fail;
 - trials left RUNNING by a dead process on this machine are marked FAIL when a sweep starts;
 - a failed trial is told FAIL and replaced, until failures exceed `max_failure_rate * n_trials`;
 - Hydra's job number is the Optuna trial number, so output folders never collide on resume;
@@ -12,11 +13,15 @@ Differences from `hydra_plugins.hydra_optuna_sweeper` (whose search-space parsin
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import logging
 import math
 import os
+import signal
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import optuna
@@ -37,6 +42,8 @@ from optuna.trial import TrialState
 log = logging.getLogger(__name__)
 OWNER = "mnist_sweep.owner"
 GRID_SUBDIR = "grid_${now:%Y%m%d-%H%M%S}_${hydra.job.num}"
+OWNER_GRACE_S = 10.0
+WAIT_FOR_OTHERS_S = 2.0
 
 
 class SweepFailedError(RuntimeError):
@@ -61,6 +68,20 @@ def process_is_gone(owner: str) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends, so that asking for a trial and recording who runs it,
+    or telling a finished trial's result, is never cut in half."""
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 def is_grid(arguments: list[str]) -> bool:
     """True when the command line sweeps only with comma lists (`a=1,2 b=x,y`)."""
     parsed = OverridesParser.create().parse_overrides(arguments)
@@ -71,18 +92,32 @@ def is_grid(arguments: list[str]) -> bool:
     )
 
 
+def is_abandoned(trial: optuna.trial.FrozenTrial) -> bool:
+    """A RUNNING trial whose process died, or that no process claimed within OWNER_GRACE_S
+    (killed between asking for it and recording its owner)."""
+    owner = trial.system_attrs.get(OWNER)
+    if owner is None:
+        age = datetime.datetime.now() - trial.datetime_start
+        return age.total_seconds() > OWNER_GRACE_S
+    return process_is_gone(owner)
+
+
 def fail_abandoned_trials(study: optuna.Study) -> list[int]:
     """Mark FAIL the RUNNING trials whose process died (Ctrl-C, crash, kill); returns them."""
     abandoned = [
         trial.number
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if process_is_gone(trial.system_attrs.get(OWNER, ""))
+        if is_abandoned(trial)
     ]
     for number in abandoned:
         study.tell(number, state=TrialState.FAIL)
     if abandoned:
         log.warning("Marked trials %s FAIL: their process is gone", abandoned)
     return abandoned
+
+
+def running(study: optuna.Study) -> bool:
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 def missing(study: optuna.Study, n_trials: int) -> int:
@@ -116,7 +151,13 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         log.info("Study %s: %d of %d trials to run", study.study_name,
                  missing(study, self.n_trials), self.n_trials)  # fmt: skip
         failures = 0
-        while (to_ask := missing(study, self.n_trials)) > 0:
+        while (to_ask := missing(study, self.n_trials)) > 0 or running(study):
+            if to_ask <= 0:
+                # Other processes' trials are in flight: wait, in case one fails and needs
+                # replacing, so that every process ends with n_trials complete.
+                time.sleep(WAIT_FOR_OTHERS_S)
+                fail_abandoned_trials(study)
+                continue
             size = min(self.n_jobs, to_ask)
             failures += self._run_batch(study, size, (distributions, fixed, fixed_overrides))
             if failures > self.max_failure_rate * self.n_trials:
@@ -133,11 +174,15 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         """
         trials: list[optuna.Trial] = []
         try:
-            for _ in range(size):
-                trials.append(study.ask())
-                study._storage.set_trial_system_attr(trials[-1]._trial_id, OWNER, this_process())
+            with interrupts_deferred():
+                for _ in range(size):
+                    trials.append(study.ask())
+                    study._storage.set_trial_system_attr(
+                        trials[-1]._trial_id, OWNER, this_process()
+                    )
             returns = self._launch(trials, self._configure_trials(trials, *space))
-            told = [self._tell(study, t, r) for t, r in zip(trials, returns, strict=True)]
+            with interrupts_deferred():
+                told = [self._tell(study, t, r) for t, r in zip(trials, returns, strict=True)]
         except BaseException:
             for trial in trials:
                 if study._storage.get_trial(trial._trial_id).state is TrialState.RUNNING:

@@ -17,6 +17,7 @@ import torch
 from optuna.trial import TrialState
 
 import mnist_sweep
+from mnist_sweep import sweeper
 from mnist_sweep.data import DataFiles, torchvision_dataset
 from mnist_sweep.sweeper import consecutive_runs, is_grid, process_is_gone
 
@@ -181,6 +182,24 @@ def test_comma_lists_run_a_plain_grid(data_root: Path, tmp_path: Path) -> None:
         study(tmp_path)
     folders = sorted(path.name for path in (tmp_path / "multirun" / "mlp").glob("grid_*"))
     assert len(folders) == 4 and folders[0].endswith("_0")
+
+
+def test_abandoned_trials_are_those_of_dead_or_missing_owners(monkeypatch) -> None:
+    study = optuna.create_study()
+    trial = study.ask()
+    frozen = lambda: study.get_trials(deepcopy=False)[0]  # noqa: E731
+    assert not sweeper.is_abandoned(frozen())  # just asked: its owner is being recorded
+    monkeypatch.setattr(sweeper, "OWNER_GRACE_S", -1.0)
+    assert sweeper.is_abandoned(frozen())  # nobody claimed it
+    study._storage.set_trial_system_attr(trial._trial_id, sweeper.OWNER, sweeper.this_process())
+    assert not sweeper.is_abandoned(frozen())
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+    dead = f"{os.uname().nodename}:{finished.stdout.strip()}"
+    study._storage.set_trial_system_attr(trial._trial_id, sweeper.OWNER, dead)
+    assert sweeper.is_abandoned(frozen())
+    assert sweeper.fail_abandoned_trials(study) == [0]
+    assert study.trials[0].state is TrialState.FAIL
 
 
 def test_grid_detection_and_helpers() -> None:
