@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_sweep import tracking
+from mnist_sweep import sweep_report, tracking
 from mnist_sweep.config import MlflowConfig, SweepConfig
 from mnist_sweep.sweeper import process_is_gone, this_process
 
@@ -72,8 +72,6 @@ class SweepCallback(Callback):
                 client.set_terminated(run.info.run_id, "FAILED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from mnist_sweep import sweep_report
-
         mlflow_config = _typed(config, "mlflow", MlflowConfig)
         sweep_config = _typed(config, "sweep", SweepConfig)
         client, experiment = tracking.client_for(mlflow_config)
