@@ -18,10 +18,10 @@ import mlflow
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mnist_sweep import sweep_report, tracking
-from mnist_sweep.config import MlflowConfig, SweepConfig
+from mnist_sweep.config import MlflowConfig, SweepConfig, to_run_config
 from mnist_sweep.sweeper import process_is_gone, this_process
 
 log = logging.getLogger(__name__)
@@ -54,16 +54,11 @@ def job_tags(config: MlflowConfig, job: SweepJob | None) -> dict[str, str]:
     return tracking.trial_tags(config, job.sweep_id, job.trial, this_process())
 
 
-def _typed(config: DictConfig, key: str, schema: type) -> Any:
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), config[key]))
-
-
 class SweepCallback(Callback):
     """Opens the sweep's parent run; at the end, logs the summary and keeps the best model."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        mlflow_config = _typed(config, "mlflow", MlflowConfig)
-        client, experiment = tracking.client_for(mlflow_config)
+        client, experiment = tracking.client_for(to_run_config(config).mlflow)
         identity = sweep_id(config.hydra)
         tracking.sweep_parent(client, experiment, identity, create=True)
         for run in tracking.sweep_runs(client, experiment, identity, "trial", "RUNNING"):
@@ -72,14 +67,13 @@ class SweepCallback(Callback):
                 client.set_terminated(run.info.run_id, "FAILED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        mlflow_config = _typed(config, "mlflow", MlflowConfig)
-        sweep_config = _typed(config, "sweep", SweepConfig)
-        client, experiment = tracking.client_for(mlflow_config)
+        run_config = to_run_config(config)
+        client, experiment = tracking.client_for(run_config.mlflow)
         identity = sweep_id(config.hydra)
         parent = tracking.sweep_parent(client, experiment, identity, create=True)
         trials = tracking.sweep_runs(client, experiment, identity, "trial", "FINISHED")
         sweep_report.log_summary(client, parent.info.run_id, trials, config.hydra)
-        keep_best(client, trials, sweep_config, Path(config.hydra.sweep.dir) / "best")
+        keep_best(client, trials, run_config.sweep, Path(config.hydra.sweep.dir) / "best")
         client.set_terminated(parent.info.run_id, "FINISHED")
 
 
