@@ -162,6 +162,7 @@ class Loaders:
     train: TensorBatches | DataLoader
     val: TensorBatches | DataLoader
     test: TensorBatches | DataLoader
+    train_size: int  # images in one training epoch
 
 
 class TensorBatches:
@@ -226,6 +227,7 @@ def tensor_loaders(config: DataConfig, device: torch.device, seed: int) -> Loade
         test=TensorBatches(
             test_images, test_labels, torch.arange(len(test_labels)), config.eval_batch_size
         ),
+        train_size=len(train_idx),
     )
 
 
@@ -245,6 +247,7 @@ def torch_loaders(config: DataConfig, seed: int) -> Loaders:
         ),
         val=DataLoader(Subset(train_set, val_idx.tolist()), batch_size=config.eval_batch_size),
         test=DataLoader(test_set, batch_size=config.eval_batch_size),
+        train_size=len(train_idx),
     )
 
 

@@ -13,7 +13,7 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -22,22 +22,19 @@ from mnist_sweep import report, tracking
 from mnist_sweep.checkpoints import CheckpointError, load_model, read_checkpoint
 from mnist_sweep.config import MlflowConfig
 from mnist_sweep.data import CLASS_NAMES, DataFiles, torchvision_dataset
-from mnist_sweep.evaluation import predict
+from mnist_sweep.evaluation import Predictions, predict
 
 log = logging.getLogger(__name__)
 
 
 def report_and_log(
-    model: torch.nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    device: torch.device,
+    predictions: Predictions,
     folder: Path,
     history: Sequence[dict[str, float]] = (),
     class_names: Sequence[str] | None = None,
 ) -> dict[str, float]:
-    """Write the evaluation report of `model` on `batches` and log it to the active MLflow run."""
+    """Write the evaluation report of `predictions` and log it to the active MLflow run."""
     started = time.perf_counter()
-    predictions = predict(model, batches, device)
     files, metrics = report.write_report(folder, predictions, list(class_names or CLASS_NAMES),
                                          history)  # fmt: skip
     metrics["evaluation_time_s"] = time.perf_counter() - started
@@ -65,8 +62,9 @@ def evaluate_checkpoint(
         tags["mnist_sweep.source_run"] = checkpoint["run_id"]
     params = {"checkpoint": str(path.resolve()), "source_run": checkpoint.get("run_id")}
     with tracking.tracked_run(mlflow_config, params, tags):
-        return report_and_log(model, evaluation_batches(root), torch.device("cpu"), out,
-                              checkpoint.get("history", []), checkpoint["class_names"])  # fmt: skip
+        predictions = predict(model, evaluation_batches(root), torch.device("cpu"))
+        return report_and_log(predictions, out, checkpoint.get("history", []),
+                              checkpoint["class_names"])  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

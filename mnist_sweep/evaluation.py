@@ -34,6 +34,16 @@ class Predictions:
     def confidence(self) -> torch.Tensor:
         return self.probabilities.max(1).values
 
+    def accuracy(self) -> float:
+        return int((self.predicted == self.labels).sum()) / len(self.labels)
+
+    def loss(self) -> float:
+        """Mean cross-entropy: -log of the probability given to the true class."""
+        # Clamped so that a probability that underflowed to 0 counts as very wrong, not inf.
+        true_class = self.probabilities.gather(1, self.labels.unsqueeze(1)).squeeze(1)
+        tiny = torch.finfo(true_class.dtype).tiny
+        return -true_class.clamp_min(tiny).log().mean().item()
+
 
 @torch.no_grad()
 def predict(

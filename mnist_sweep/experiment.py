@@ -17,10 +17,11 @@ from mnist_sweep import checkpoints, device, tracking
 from mnist_sweep.config import RunConfig, to_run_config
 from mnist_sweep.data import CLASS_NAMES, Loaders, make_loaders
 from mnist_sweep.evaluate import report_and_log
+from mnist_sweep.evaluation import predict
 from mnist_sweep.explore import show5_png
 from mnist_sweep.models import MLP
 from mnist_sweep.sweep import SweepJob, job_tags
-from mnist_sweep.training import EpochMetrics, evaluate, fit
+from mnist_sweep.training import EpochMetrics, fit
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,13 @@ def run(cfg: DictConfig, output_dir: Path, job: SweepJob | None = None) -> float
                 on_epoch,
             )  # fmt: skip
         train_seconds = time.perf_counter() - training_started
-        test_loss, test_accuracy = evaluate(model, loaders.test, target)
+        # One pass over the test set serves the test metrics and the evaluation report.
+        predictions = predict(model, loaders.test, target)
         summary = {
-            "test_loss": test_loss,
-            "test_accuracy": test_accuracy,
+            "test_loss": predictions.loss(),
+            "test_accuracy": predictions.accuracy(),
             "wall_time_s": time.perf_counter() - started,
-            "train_samples_per_s": _train_samples(loaders) * len(history) / train_seconds,
+            "train_samples_per_s": loaders.train_size * len(history) / train_seconds,
         }
         tracking.log_metrics(summary)
         records = [asdict(epoch) for epoch in history]
@@ -56,17 +58,12 @@ def run(cfg: DictConfig, output_dir: Path, job: SweepJob | None = None) -> float
         checkpoint = Checkpoint(resolved, metrics, records, active.info.run_id)
         tracking.log_artifacts(_write_outputs(output_dir, model, config, checkpoint, loaders))
         log.info(" ".join(f"{key}={value:.4f}" for key, value in summary.items()))
-        report_and_log(model, loaders.test, target, output_dir / "evaluation", records)
+        report_and_log(predictions, output_dir / "evaluation", records)
     return history[-1].val_accuracy
 
 
 def _epoch_values(metrics: EpochMetrics) -> dict[str, float]:
     return {key: value for key, value in asdict(metrics).items() if key != "epoch"}
-
-
-def _train_samples(loaders: Loaders) -> int:
-    batches = loaders.train
-    return len(batches.dataset) if hasattr(batches, "dataset") else len(batches.indices)
 
 
 class _progress:

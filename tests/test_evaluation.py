@@ -94,3 +94,13 @@ def test_confident_mistakes_are_wrong_and_sorted_by_confidence() -> None:
     assert (confidence[:-1] >= confidence[1:]).all()
     wrong = predictions.predicted != predictions.labels
     assert confidence[0] == predictions.confidence[wrong].max()
+
+
+def test_loss_and_accuracy_from_probabilities_match_the_training_definitions() -> None:
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(500, 10, generator=generator) * 4
+    labels = torch.randint(0, 10, (500,), generator=generator)
+    predictions = Predictions(logits.softmax(1), labels, torch.zeros(500, 1))
+    expected = torch.nn.functional.cross_entropy(logits, labels).item()
+    assert predictions.loss() == pytest.approx(expected, rel=1e-5)
+    assert predictions.accuracy() == int((logits.argmax(1) == labels).sum()) / 500
