@@ -18,7 +18,7 @@ import torch
 from mnist_sweep.config import Loader, register_schema, to_run_config
 from mnist_sweep.data import make_loaders
 from mnist_sweep.models import MLP
-from mnist_sweep.training import evaluate, make_optimizer, train_epoch
+from mnist_sweep.training import Step, evaluate, make_optimizer, train_epoch
 
 CPU = torch.device("cpu")
 
@@ -49,7 +49,7 @@ def seconds_per_epoch(batch_size: int, loader: Loader, epochs: int) -> tuple[flo
     optimizer = make_optimizer(model.parameters(), run.optimizer)
     started = time.perf_counter()
     for _ in range(epochs):
-        train_epoch(model, loaders.train, optimizer, None, CPU)
+        train_epoch(model, loaders.train, Step(optimizer), CPU)
     elapsed = (time.perf_counter() - started) / epochs
     return elapsed, loader_only, evaluate(model, loaders.val, CPU)[1]
 

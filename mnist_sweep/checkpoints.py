@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from mnist_sweep.models import MLP, Classifier
+from mnist_sweep.models import Classifier, Network, rebuild
 
 FORMAT = "mnist_sweep.checkpoint/1"
 
@@ -21,7 +21,7 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(
     path: Path,
-    model: MLP,
+    model: Network,
     *,
     normalization: dict[str, float],
     class_names: list[str],
@@ -66,7 +66,7 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
 def load_model(path: Path | str) -> Classifier:
     """The saved classifier, in eval mode: (N, 1, 28, 28) images in [0, 1] -> (N, 10) probs."""
     checkpoint = read_checkpoint(path)
-    net = MLP(**checkpoint["model_config"])
+    net = rebuild(checkpoint["model_config"])
     net.load_state_dict(checkpoint["state_dict"])
     normalization = checkpoint["normalization"]
     return Classifier(net, normalization["mean"], normalization["std"]).eval()

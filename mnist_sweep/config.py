@@ -30,6 +30,17 @@ class Device(StrEnum):
 class Schedule(StrEnum):
     constant = "constant"
     onecycle = "onecycle"
+    cosine = "cosine"
+
+
+class Architecture(StrEnum):
+    mlp = "mlp"
+    cnn = "cnn"
+
+
+class DatasetName(StrEnum):
+    mnist = "mnist"
+    fashion_mnist = "fashion_mnist"
 
 
 class Loader(StrEnum):
@@ -46,24 +57,58 @@ def _positive(value: float, key: str) -> None:
     _require(math.isfinite(value) and value > 0, key, f"must be positive, got {value}")
 
 
+# 28 -> 14 -> 7 -> 3 -> 1 pixels: a CNN has room for four 2x2 poolings.
+MAX_CNN_STAGES = 4
+
+
 @dataclass
 class ModelConfig:
+    arch: Architecture = MISSING
+    # mlp: the hidden layers (at least two); cnn: the fully connected layers after the convolutions.
     hidden_sizes: list[int] = MISSING
     dropout: float = MISSING
+    # cnn only: output channels of each stage; every stage ends in a 2x2 max-pool.
+    channels: list[int] = field(default_factory=list)
+    convs_per_stage: int = 1
+    kernel_size: int = 3
 
     def check(self) -> None:
         hidden = list(self.hidden_sizes)
-        _require(
-            len(hidden) >= 2,
-            "model.hidden_sizes",
-            f"needs at least two hidden layers, got {hidden}",
-        )
         _require(
             all(size > 0 for size in hidden),
             "model.hidden_sizes",
             f"every layer size must be positive, got {hidden}",
         )
         _require(0 <= self.dropout < 1, "model.dropout", f"must be in [0, 1), got {self.dropout}")
+        if self.arch is Architecture.mlp:
+            _require(
+                len(hidden) >= 2,
+                "model.hidden_sizes",
+                f"an MLP needs at least two hidden layers, got {hidden}",
+            )
+            _require(
+                not self.channels, "model.channels", "is for arch=cnn; the MLP has no convolutions"
+            )
+        else:
+            self._check_cnn()
+
+    def _check_cnn(self) -> None:
+        channels = list(self.channels)
+        _require(
+            1 <= len(channels) <= MAX_CNN_STAGES and all(c > 0 for c in channels),
+            "model.channels",
+            f"needs 1 to {MAX_CNN_STAGES} positive stage widths, got {channels}",
+        )
+        _require(
+            self.convs_per_stage >= 1,
+            "model.convs_per_stage",
+            f"must be >= 1, got {self.convs_per_stage}",
+        )
+        _require(
+            self.kernel_size >= 1 and self.kernel_size % 2 == 1,
+            "model.kernel_size",
+            f"must be a positive odd number (same padding), got {self.kernel_size}",
+        )
 
 
 @dataclass
@@ -87,8 +132,38 @@ class OptimizerConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Random affine and elastic distortion of training batches; every 0 switches one off."""
+
+    rotation: float = 0.0  # degrees either way
+    translate: float = 0.0  # fraction of the image side either way
+    scale: float = 0.0  # relative zoom either way
+    shear: float = 0.0  # degrees either way
+    elastic_alpha: float = 0.0  # displacement strength in pixels (Simard et al. 2003)
+    elastic_sigma: float = 4.0  # smoothness of the displacement field in pixels
+
+    def check(self) -> None:
+        for key in ("rotation", "translate", "scale", "shear", "elastic_alpha"):
+            value = getattr(self, key)
+            _require(
+                math.isfinite(value) and value >= 0,
+                f"data.augment.{key}",
+                f"must be >= 0, got {value}",
+            )
+        _require(self.rotation <= 180, "data.augment.rotation", "must be at most 180 degrees")
+        _require(self.translate < 1, "data.augment.translate", "must be below 1 (the image side)")
+        _require(self.scale < 1, "data.augment.scale", "must be below 1 (zoom to nothing)")
+        _require(self.shear < 90, "data.augment.shear", "must be below 90 degrees")
+        _positive(self.elastic_sigma, "data.augment.elastic_sigma")
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.rotation, self.translate, self.scale, self.shear, self.elastic_alpha))
+
+
+@dataclass
 class DataConfig:
-    name: str = MISSING
+    name: DatasetName = MISSING
     # null: a per-user cache folder (mnist_sweep.data.default_data_root).
     root: str | None = MISSING
     # null: the copy shipped inside the package.
@@ -104,8 +179,10 @@ class DataConfig:
     loader: Loader = MISSING
     # Trains on the first N training images only (after the validation split); for smoke runs.
     train_subset: int | None = MISSING
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def check(self) -> None:
+        self.augment.check()
         _positive(self.batch_size, "data.batch_size")
         _positive(self.eval_batch_size, "data.eval_batch_size")
         _positive(self.std, "data.std")
@@ -122,9 +199,20 @@ class TrainerConfig:
     device: Device = MISSING
     # 0 keeps torch's default (one thread per core); only changes speed.
     num_threads: int = MISSING
+    label_smoothing: float = 0.0
+    # Evaluate and save an exponential moving average of the weights; 0 switches it off.
+    ema_decay: float = 0.0
 
     def check(self) -> None:
         _positive(self.epochs, "trainer.epochs")
+        _require(
+            0 <= self.label_smoothing < 1,
+            "trainer.label_smoothing",
+            f"must be in [0, 1), got {self.label_smoothing}",
+        )
+        _require(
+            0 <= self.ema_decay < 1, "trainer.ema_decay", f"must be in [0, 1), got {self.ema_decay}"
+        )
         _require(
             self.num_threads >= 0, "trainer.num_threads", f"must be >= 0, got {self.num_threads}"
         )

@@ -1,4 +1,5 @@
-"""MNIST on disk and in memory: verified raw files, splits, and the two batch loaders."""
+"""MNIST-format datasets on disk and in memory: verified raw files, splits, and the two batch
+loaders."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
-from mnist_sweep.config import DataConfig, Loader
+from mnist_sweep.config import DataConfig, DatasetName, Loader
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,31 @@ RAW_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-_PACKAGED = resources.files("mnist_sweep") / "mnist_files"
+_PACKAGE = resources.files("mnist_sweep")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How one MNIST-format dataset is found, checked and read."""
+
+    folder: str  # torchvision reads <root>/<folder>/raw
+    torchvision_class: type[datasets.MNIST]
+    checksums: Traversable  # SHA256SUMS of the four decompressed files
+    packaged: Traversable | None  # the .gz originals shipped in the package, if any
+    class_names: tuple[str, ...]
+
+
+DATASETS = {
+    DatasetName.mnist: DatasetSpec("MNIST", datasets.MNIST, _PACKAGE / "mnist_files" / "SHA256SUMS",
+                                   _PACKAGE / "mnist_files", tuple(CLASS_NAMES)),
+    DatasetName.fashion_mnist: DatasetSpec(
+        "FashionMNIST", datasets.FashionMNIST, _PACKAGE / "fashion_mnist_files" / "SHA256SUMS",
+        None, tuple(datasets.FashionMNIST.classes)),
+}  # fmt: skip
+
+
+def class_names(dataset: DatasetName) -> list[str]:
+    return list(DATASETS[dataset].class_names)
 
 
 class DataIntegrityError(RuntimeError):
@@ -46,9 +72,9 @@ def default_data_root() -> Path:
     return Path(cache) / "mnist_sweep"
 
 
-def expected_digests() -> dict[str, str]:
-    """SHA-256 of each decompressed raw file, as shipped in SHA256SUMS."""
-    lines = (_PACKAGED / "SHA256SUMS").read_text().split("\n")
+def expected_digests(dataset: DatasetName = DatasetName.mnist) -> dict[str, str]:
+    """SHA-256 of each decompressed raw file, as shipped in the dataset's SHA256SUMS."""
+    lines = DATASETS[dataset].checksums.read_text().split("\n")
     return {name: digest for digest, name in (line.split() for line in lines if line.strip())}
 
 
@@ -61,7 +87,7 @@ def _check(data: bytes, name: str, expected: str, source: object) -> None:
     if actual != expected:
         raise DataIntegrityError(
             f"{source}: SHA-256 of {name} is {actual}, expected {expected}; "
-            "the file is corrupted, truncated or not the MNIST original, and was not used"
+            "the file is corrupted, truncated or not the original, and was not used"
         )
 
 
@@ -84,21 +110,29 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(tmp.name, path)
 
 
-def ensure_raw_files(root: Path, source_dir: Path | None = None) -> Path:
-    """Put verified raw IDX files in `root/MNIST/raw`, where torchvision looks; returns that folder.
+def ensure_raw_files(
+    root: Path, source_dir: Path | None = None, dataset: DatasetName = DatasetName.mnist
+) -> Path:
+    """Put verified raw IDX files in `root/<folder>/raw`, where torchvision looks; returns that
+    folder.
 
-    A cached file that fails its digest is replaced from the packaged copy; a packaged or
-    `source_dir` file that fails raises DataIntegrityError naming it and the expected digest.
+    A cached file that fails its digest is replaced from the source copy (`source_dir`, else
+    the packaged one); a source file that fails raises DataIntegrityError naming it and the
+    expected digest.
     """
-    raw_dir = root / "MNIST" / "raw"
-    digests = expected_digests()
+    spec = DATASETS[dataset]
+    raw_dir = root / spec.folder / "raw"
+    digests = expected_digests(dataset)
     for name in RAW_FILES:
         target = raw_dir / name
         if target.exists():
             if _sha256(target.read_bytes()) == digests[name]:
                 continue
-            log.warning("%s fails its SHA-256 check; replacing it from the packaged copy", target)
-        source = (Path(source_dir) if source_dir else Path(str(_PACKAGED))) / f"{name}.gz"
+            log.warning("%s fails its SHA-256 check; replacing it from the source copy", target)
+        source_folder = source_dir or spec.packaged
+        if source_folder is None:
+            raise DataMissingError(f"no local copy of {name}: {dataset} needs data.source_dir")
+        source = Path(str(source_folder)) / f"{name}.gz"
         if not source.exists():
             raise DataMissingError(f"no local copy of {name}: {source} does not exist")
         _write_atomically(target, _read_source(source, name, digests[name]))
@@ -112,27 +146,30 @@ class DataFiles:
     root: str | None = None
     source_dir: str | None = None
     download: bool = False
+    dataset: DatasetName = DatasetName.mnist
 
     @classmethod
     def of(cls, config: DataConfig) -> DataFiles:
-        return cls(config.root, config.source_dir, config.download)
+        return cls(config.root, config.source_dir, config.download, config.name)
 
 
 def torchvision_dataset(
     files: DataFiles, train: bool, transform: transforms.Compose | None = None
 ) -> datasets.MNIST:
-    """The torchvision MNIST dataset over verified local files (downloads only if allowed)."""
+    """The torchvision dataset over verified local files (downloads only if allowed)."""
     folder = Path(files.root) if files.root else default_data_root()
     download = files.download
+    source_dir = Path(files.source_dir) if files.source_dir else None
     try:
-        ensure_raw_files(folder, Path(files.source_dir) if files.source_dir else None)
+        ensure_raw_files(folder, source_dir, files.dataset)
     except DataMissingError as error:
         if not download:
             raise DataMissingError(
                 f"{error}; set data.download=true to let torchvision fetch it"
             ) from error
         log.warning("%s; downloading with torchvision", error)
-    return datasets.MNIST(folder, train=train, transform=transform, download=download)
+    dataset_class = DATASETS[files.dataset].torchvision_class
+    return dataset_class(folder, train=train, transform=transform, download=download)
 
 
 def seed_transform(config: DataConfig) -> transforms.Compose:

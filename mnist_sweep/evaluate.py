@@ -1,10 +1,13 @@
-"""Evaluate a saved model: the run's evaluation artifacts, for any checkpoint.
+"""Evaluate saved models: the run's evaluation artifacts, for any checkpoint or ensemble.
 
     python -m mnist_sweep.evaluate multirun/mlp/best/model.pt [--root DIR] [--out DIR]
         [--tracking-uri URI] [--experiment NAME]
+    python -m mnist_sweep.evaluate results/cnn_strong/seed*/model.pt --tta
 
-Writes the report next to the checkpoint (evaluation/ by default) and logs it to MLflow as an
-evaluation run tagged with the run that trained the model.
+Writes the report next to the (first) checkpoint, evaluation/ by default, and logs it to MLflow
+as an evaluation run tagged with the runs that trained the models. Several checkpoints are
+evaluated as one ensemble that averages their probabilities; --tta averages each image's
+prediction over 1-pixel shifts.
 """
 
 from __future__ import annotations
@@ -20,9 +23,16 @@ import torch
 
 from mnist_sweep import report, tracking
 from mnist_sweep.checkpoints import CheckpointError, load_model, read_checkpoint
-from mnist_sweep.config import MlflowConfig
-from mnist_sweep.data import CLASS_NAMES, DataFiles, torchvision_dataset
+from mnist_sweep.config import DatasetName, MlflowConfig
+from mnist_sweep.data import (
+    CLASS_NAMES,
+    DataFiles,
+    DataIntegrityError,
+    DataMissingError,
+    torchvision_dataset,
+)
 from mnist_sweep.evaluation import Predictions, predict
+from mnist_sweep.models import Ensemble, ShiftTTA
 
 log = logging.getLogger(__name__)
 
@@ -43,56 +53,99 @@ def report_and_log(
     return metrics
 
 
-def evaluation_batches(root: str | None, batch_size: int = 2000):
+def evaluation_batches(files: DataFiles, batch_size: int = 2000):
     """The test split as images in [0, 1], shape (N, 1, 28, 28): what load_model expects."""
-    dataset = torchvision_dataset(DataFiles(root=root), train=False)
+    dataset = torchvision_dataset(files, train=False)
     images = dataset.data.unsqueeze(1).float().div_(255)
     return [(images[i : i + batch_size], dataset.targets[i : i + batch_size])
             for i in range(0, len(images), batch_size)]  # fmt: skip
 
 
-def evaluate_checkpoint(
-    path: Path, root: str | None, out: Path, mlflow_config: MlflowConfig
+def _same_dataset(checkpoints: list[dict], paths: list[Path]) -> None:
+    names = {tuple(checkpoint["class_names"]) for checkpoint in checkpoints}
+    datasets = {checkpoint["config"]["data"]["name"] for checkpoint in checkpoints}
+    if len(names) > 1 or len(datasets) > 1:
+        raise CheckpointError(
+            f"cannot ensemble models of different datasets ({sorted(datasets)}): "
+            + ", ".join(map(str, paths))
+        )
+
+
+def evaluate_checkpoints(
+    paths: list[Path],
+    files: DataFiles,
+    out: Path,
+    mlflow_config: MlflowConfig,
+    tta: bool = False,
 ) -> dict[str, float]:
-    """Evaluate the checkpoint at `path` on the test set as an MLflow evaluation run."""
-    checkpoint = read_checkpoint(path)
-    model = load_model(path)
-    tags = {tracking.ROLE: "evaluation", "mnist_sweep.checkpoint": str(path.resolve())}
-    if checkpoint.get("run_id"):
-        tags["mnist_sweep.source_run"] = checkpoint["run_id"]
-    params = {"checkpoint": str(path.resolve()), "source_run": checkpoint.get("run_id")}
+    """Evaluate one checkpoint, or the ensemble of several, on the test set as an MLflow
+    evaluation run; `tta` averages each model over shifted copies of the images."""
+    checkpoints = [read_checkpoint(path) for path in paths]
+    _same_dataset(checkpoints, paths)
+    models = [load_model(path) for path in paths]
+    model = models[0] if len(models) == 1 else Ensemble(models)
+    if tta:
+        model = ShiftTTA(model)
+    sources = [checkpoint.get("run_id") for checkpoint in checkpoints]
+    tags = {tracking.ROLE: "evaluation",
+            "mnist_sweep.checkpoint": ",".join(str(path.resolve()) for path in paths)}  # fmt: skip
+    if any(sources):
+        tags["mnist_sweep.source_run"] = ",".join(filter(None, sources))
+    params = {"checkpoints": tags["mnist_sweep.checkpoint"], "source_runs": sources,
+              "members": len(models), "tta": tta}  # fmt: skip
     with tracking.tracked_run(mlflow_config, params, tags):
-        predictions = predict(model, evaluation_batches(root), torch.device("cpu"))
-        return report_and_log(predictions, out, checkpoint.get("history", []),
-                              checkpoint["class_names"])  # fmt: skip
+        predictions = predict(model, evaluation_batches(files), torch.device("cpu"))
+        tracking.log_metrics({"test_accuracy": predictions.accuracy(),
+                              "test_loss": predictions.loss()})  # fmt: skip
+        history = checkpoints[0].get("history", []) if len(paths) == 1 else []
+        metrics = report_and_log(predictions, out, history, checkpoints[0]["class_names"])
+    return {"test_accuracy": predictions.accuracy(), **metrics}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Evaluate a mnist_sweep checkpoint.")
-    parser.add_argument("checkpoint", type=Path)
+    parser = argparse.ArgumentParser(
+        description="Evaluate a mnist_sweep checkpoint, or the ensemble of several."
+    )
+    parser.add_argument("checkpoints", type=Path, nargs="+", metavar="checkpoint")
+    parser.add_argument("--tta", action="store_true", help="average over 1-pixel shifts too")
     parser.add_argument("--root", help="data folder (default: the one the model was trained on)")
-    parser.add_argument("--out", type=Path, help="report folder (default: evaluation/ beside it)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="report folder (default: beside the first checkpoint, evaluation/ for one, "
+        "evaluation-ensemble/ for several, with a -tta suffix for --tta)",
+    )
     parser.add_argument("--tracking-uri", help="MLflow store (default: the training run's)")
     parser.add_argument("--experiment", help="MLflow experiment (default: the training run's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        trained = read_checkpoint(args.checkpoint)["config"]
-    except CheckpointError as error:
+        trained = read_checkpoint(args.checkpoints[0])["config"]
+        mlflow_config = MlflowConfig(
+            tracking_uri=args.tracking_uri or trained["mlflow"]["tracking_uri"],
+            experiment_name=args.experiment or trained["mlflow"]["experiment_name"],
+            run_name="evaluate " + " ".join(map(str, args.checkpoints)),
+        )
+        data = trained["data"]
+        files = DataFiles(args.root or data["root"], data.get("source_dir"),
+                          dataset=DatasetName(data.get("name", "mnist")))  # fmt: skip
+        out = args.out or _default_out(args)
+        metrics = evaluate_checkpoints(args.checkpoints, files, out, mlflow_config, args.tta)
+    except (CheckpointError, DataMissingError, DataIntegrityError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    mlflow_config = MlflowConfig(
-        tracking_uri=args.tracking_uri or trained["mlflow"]["tracking_uri"],
-        experiment_name=args.experiment or trained["mlflow"]["experiment_name"],
-        run_name=f"evaluate {args.checkpoint}",
-    )
-    root = args.root or trained["data"]["root"]
-    out = args.out or args.checkpoint.parent / "evaluation"
-    metrics = evaluate_checkpoint(args.checkpoint, root, out, mlflow_config)
+    low, high = metrics["test_accuracy_ci95_low"], metrics["test_accuracy_ci95_high"]
     print(
-        f"wrote {out}; test ECE {metrics['test_ece']:.4f}, macro F1 {metrics['test_macro_f1']:.4f}"
+        f"{len(args.checkpoints)} model(s){' with TTA' if args.tta else ''}: "
+        f"test accuracy {metrics['test_accuracy']:.4f} (95% CI {low:.4f}-{high:.4f}), "
+        f"ECE {metrics['test_ece']:.4f}, macro F1 {metrics['test_macro_f1']:.4f}; wrote {out}"
     )
     return 0
+
+
+def _default_out(args: argparse.Namespace) -> Path:
+    name = "evaluation" if len(args.checkpoints) == 1 else "evaluation-ensemble"
+    return args.checkpoints[0].parent / (name + ("-tta" if args.tta else ""))
 
 
 if __name__ == "__main__":

@@ -14,12 +14,13 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from mnist_sweep import checkpoints, device, tracking
+from mnist_sweep.augment import make_augment
 from mnist_sweep.config import RunConfig, to_run_config
-from mnist_sweep.data import CLASS_NAMES, Loaders, make_loaders
+from mnist_sweep.data import Loaders, class_names, make_loaders
 from mnist_sweep.evaluate import report_and_log
 from mnist_sweep.evaluation import predict
 from mnist_sweep.explore import show5_png
-from mnist_sweep.models import MLP
+from mnist_sweep.models import Network, build_model
 from mnist_sweep.sweep import SweepJob, job_tags
 from mnist_sweep.training import EpochMetrics, fit
 
@@ -36,12 +37,13 @@ def run(cfg: DictConfig, output_dir: Path, job: SweepJob | None = None) -> float
     with tracking.tracked_run(config.mlflow, tracking.flatten(resolved), tags) as active:
         started = time.perf_counter()
         loaders = make_loaders(config.data, target, config.trainer.seed)
-        model = MLP(config.model.hidden_sizes, config.model.dropout).to(target)
+        model = build_model(config.model).to(target)
+        augment = make_augment(config.data.augment, target, config.trainer.seed)
         training_started = time.perf_counter()
         with _progress(config) as on_epoch:
             history = fit(
                 model, loaders.train, loaders.val, config.optimizer, config.trainer, target,
-                on_epoch,
+                on_epoch, augment,
             )  # fmt: skip
         train_seconds = time.perf_counter() - training_started
         # One pass over the test set serves the test metrics and the evaluation report.
@@ -58,7 +60,8 @@ def run(cfg: DictConfig, output_dir: Path, job: SweepJob | None = None) -> float
         checkpoint = Checkpoint(resolved, metrics, records, active.info.run_id)
         tracking.log_artifacts(_write_outputs(output_dir, model, config, checkpoint, loaders))
         log.info(" ".join(f"{key}={value:.4f}" for key, value in summary.items()))
-        report_and_log(predictions, output_dir / "evaluation", records)
+        report_and_log(predictions, output_dir / "evaluation", records,
+                       class_names(config.data.name))  # fmt: skip
     return history[-1].val_accuracy
 
 
@@ -102,7 +105,7 @@ class Checkpoint:
 
 
 def _write_outputs(
-    output_dir: Path, model: MLP, config: RunConfig, checkpoint: Checkpoint, loaders: Loaders
+    output_dir: Path, model: Network, config: RunConfig, checkpoint: Checkpoint, loaders: Loaders
 ) -> list[Path]:
     """The run's files: resolved config, model checkpoint and show5 picture."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -112,7 +115,7 @@ def _write_outputs(
         output_dir / "model.pt",
         model,
         normalization={"mean": config.data.mean, "std": config.data.std},
-        class_names=CLASS_NAMES,
+        class_names=class_names(config.data.name),
         **asdict(checkpoint),
     )
     images, labels = next(iter(loaders.val))

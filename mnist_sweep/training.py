@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_sweep.config import OptimizerConfig, OptimizerName, Schedule, TrainerConfig
-from mnist_sweep.models import MLP
+from mnist_sweep.models import Network
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+Augment = Callable[[torch.Tensor], torch.Tensor]
 CHECK_EVERY = 50  # batches between checks that the training loss is still finite
 
 
@@ -51,30 +52,44 @@ def make_schedule(
     if schedule is Schedule.onecycle:
         peak = optimizer.param_groups[0]["lr"]
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak, total_steps=total_steps)
+    if schedule is Schedule.cosine:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     return None
 
 
+@dataclass
+class Step:
+    """What one training step does besides the forward and backward pass."""
+
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler | None = None
+    augment: Augment | None = None
+    label_smoothing: float = 0.0
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+
+
 def train_epoch(
-    model: MLP,
-    batches: Batches,
-    optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler | None,
-    device: torch.device,
+    model: Network, batches: Batches, step: Step, device: torch.device
 ) -> tuple[float, float]:
     """One pass over the training batches; returns (mean loss, accuracy)."""
+    optimizer = step.optimizer
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     for batch, (images, labels) in enumerate(batches, 1):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if step.augment is not None:
+            images = step.augment(images)
         logits = model.logits(images)
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits, labels, label_smoothing=step.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if schedule is not None:
-            schedule.step()
+        if step.schedule is not None:
+            step.schedule.step()
+        if step.ema is not None:
+            step.ema.update_parameters(model)
         # Summed on the device and read every CHECK_EVERY batches: a read per batch would
         # make a GPU wait for each step; a read per epoch would waste an epoch after a NaN.
         loss_sum += loss.detach() * len(labels)
@@ -93,7 +108,7 @@ def _check_finite(loss_sum: torch.Tensor, seen: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: MLP, batches: Batches, device: torch.device) -> tuple[float, float]:
+def evaluate(model: Network, batches: Batches, device: torch.device) -> tuple[float, float]:
     """Mean cross-entropy and accuracy over `batches`, with dropout off."""
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
@@ -106,22 +121,40 @@ def evaluate(model: MLP, batches: Batches, device: torch.device) -> tuple[float,
     return loss_sum / seen, correct / seen
 
 
+def make_ema(model: Network, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """A running exponential average of the weights (batch-norm statistics included)."""
+    if decay == 0:
+        return None
+    average = torch.optim.swa_utils.get_ema_multi_avg_fn(decay)
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=average, use_buffers=True)
+
+
 def fit(
-    model: MLP,
+    model: Network,
     train_batches: Batches,
     val_batches: Batches,
     optimizer_config: OptimizerConfig,
     trainer: TrainerConfig,
     device: torch.device,
     on_epoch: Callable[[EpochMetrics], None] = lambda metrics: None,
+    augment: Augment | None = None,
 ) -> list[EpochMetrics]:
-    """Train for `trainer.epochs`, evaluating on the validation batches after each epoch."""
+    """Train for `trainer.epochs`, evaluating on the validation batches after each epoch.
+
+    With `trainer.ema_decay` the averaged weights are the ones validated, and `model` ends
+    holding them.
+    """
     optimizer = make_optimizer(model.parameters(), optimizer_config)
     schedule = make_schedule(optimizer, trainer.lr_schedule, trainer.epochs * len(train_batches))
+    ema = make_ema(model, trainer.ema_decay)
+    step = Step(optimizer, schedule, augment, trainer.label_smoothing, ema)
+    validated = model if ema is None else ema.module
     history = []
     for epoch in range(1, trainer.epochs + 1):
-        train_loss, train_accuracy = train_epoch(model, train_batches, optimizer, schedule, device)
-        val_loss, val_accuracy = evaluate(model, val_batches, device)
+        train_loss, train_accuracy = train_epoch(model, train_batches, step, device)
+        val_loss, val_accuracy = evaluate(validated, val_batches, device)
         history.append(EpochMetrics(epoch, train_loss, train_accuracy, val_loss, val_accuracy))
         on_epoch(history[-1])
+    if ema is not None:
+        model.load_state_dict(ema.module.state_dict())
     return history

@@ -11,6 +11,12 @@ from omegaconf import DictConfig
 from mnist_sweep.config import register_schema
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# Where conf/data/fashion_mnist.yaml reads from; CI installs the package (.ci/run).
+FASHION_SOURCE = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion_mnist = pytest.mark.skipif(
+    not FASHION_SOURCE.is_dir(),
+    reason=f"Fashion-MNIST is absent: {FASHION_SOURCE} comes from Debian's dataset-fashion-mnist",
+)
 
 
 @pytest.fixture(scope="session")

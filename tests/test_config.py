@@ -1,10 +1,20 @@
 from __future__ import annotations
 
 import pytest
+from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ValidationError
 
-from mnist_sweep.config import ConfigError, Device, Loader, OptimizerName, to_run_config
+from mnist_sweep.config import (
+    Architecture,
+    ConfigError,
+    DatasetName,
+    Device,
+    Loader,
+    OptimizerName,
+    register_schema,
+    to_run_config,
+)
 
 from conftest import CONF_DIR, compose_config
 
@@ -17,12 +27,45 @@ def group_options(group: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "group,option",
-    [(group, option) for group in ("model", "optimizer", "data", "trainer", "mlflow")
+    [(group, option) for group in ("model", "optimizer", "data", "data/augment", "trainer",
+                                   "mlflow", "sweep")
      for option in group_options(group)],
 )  # fmt: skip
 def test_every_group_option_composes_and_checks(group: str, option: str) -> None:
     config = to_run_config(compose_config([f"{group}={option}", *VALID]))
-    assert getattr(config, group) is not None
+    assert config.model is not None
+
+
+@pytest.mark.parametrize("experiment", group_options("experiment"))
+def test_every_experiment_composes_and_checks(experiment: str) -> None:
+    """`python run.py +experiment=<name>`: the README's headline configs."""
+    config = to_run_config(compose_config([f"+experiment={experiment}", *VALID]))
+    assert config.model.arch in set(Architecture)
+
+
+def test_an_experiment_switches_groups_and_still_takes_shell_overrides() -> None:
+    config = to_run_config(
+        compose_config(["+experiment=cnn_small", "model.channels=[8,16]", *VALID])
+    )
+    assert config.model.arch is Architecture.cnn and config.model.channels == [8, 16]
+    assert config.data.augment.enabled
+
+
+def test_cnn_sweep_searches_the_cnn_in_its_own_study() -> None:
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        cfg = compose("config", ["sweep=cnn_small", *VALID], return_hydra_config=True)
+    assert cfg.model.arch == "cnn" and cfg.hydra.sweeper.study_name == "cnn_small"
+    assert "model.channels" in cfg.hydra.sweeper.params
+    # Inherited from sweep/mlp: storage and the keep-the-best threshold.
+    assert cfg.hydra.sweeper.storage._target_ == "optuna.storages.JournalStorage"
+    assert cfg.sweep.min_test_accuracy == 0.9
+
+
+def test_fashion_mnist_switches_the_dataset_and_its_statistics() -> None:
+    config = to_run_config(compose_config(["data=fashion_mnist", *VALID]))
+    assert config.data.name is DatasetName.fashion_mnist
+    assert config.data.mean != 0.1307 and config.data.batch_size == 128
 
 
 def test_defaults_are_the_documented_public_keys() -> None:
@@ -59,11 +102,22 @@ def test_shell_overrides_reach_typed_values() -> None:
         ("optimizer.lr=nan", "optimizer.lr"),
         ("data.batch_size=0", "data.batch_size"),
         ("trainer.epochs=0", "trainer.epochs"),
+        ("trainer.label_smoothing=1.0", "trainer.label_smoothing"),
+        ("trainer.ema_decay=-0.5", "trainer.ema_decay"),
+        ("data.augment.rotation=-5", "data.augment.rotation"),
+        ("data.augment.translate=1.5", "data.augment.translate"),
+        ("data.augment.scale=nan", "data.augment.scale"),
+        ("data.augment.elastic_sigma=0", "data.augment.elastic_sigma"),
+        ("model.channels=[16,32]", "model.channels"),  # on the MLP
+        ("+experiment=cnn_small model.channels=[]", "model.channels"),
+        ("+experiment=cnn_small model.channels=[8,8,8,8,8]", "model.channels"),
+        ("+experiment=cnn_small model.kernel_size=4", "model.kernel_size"),
+        ("+experiment=cnn_small model.convs_per_stage=0", "model.convs_per_stage"),
     ],
 )
 def test_nonsense_values_fail_naming_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        to_run_config(compose_config([override, *VALID]))
+        to_run_config(compose_config([*override.split(), *VALID]))
 
 
 @pytest.mark.parametrize(
@@ -73,6 +127,8 @@ def test_nonsense_values_fail_naming_the_key(override: str, key: str) -> None:
         ("optimizer.name=rmsprop", "name"),
         ("data.batch_size=big", "batch_size"),
         ("data.loader=pandas", "loader"),
+        ("data.name=cifar10", "name"),
+        ("model.arch=resnet", "arch"),
     ],
 )
 def test_mistyped_values_fail_at_composition_naming_the_key(override: str, key: str) -> None:

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from mnist_sweep import data
-from mnist_sweep.config import to_run_config
+from mnist_sweep.config import DatasetName, to_run_config
 from mnist_sweep.data import (
+    DATASETS,
     RAW_FILES,
     DataIntegrityError,
     DataMissingError,
@@ -18,7 +19,9 @@ from mnist_sweep.data import (
     expected_digests,
 )
 
-PACKAGED = Path(str(data._PACKAGED))
+from conftest import FASHION_SOURCE, compose_config, needs_fashion_mnist
+
+PACKAGED = Path(str(DATASETS[DatasetName.mnist].packaged))
 
 
 @pytest.fixture
@@ -135,3 +138,42 @@ def test_tensor_batches_cover_every_index_once_per_epoch_in_a_fresh_order() -> N
 def test_drop_last_drops_the_partial_batch() -> None:
     batches = TensorBatches(torch.zeros(10, 1), torch.zeros(10), torch.arange(10), 4, None, True)
     assert len(batches) == 2 and [len(y) for _, y in batches] == [4, 4]
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_files_are_verified_into_torchvisions_folder(tmp_path: Path) -> None:
+    raw = ensure_raw_files(tmp_path, FASHION_SOURCE, DatasetName.fashion_mnist)
+    assert raw == tmp_path / "FashionMNIST" / "raw"
+    digests = expected_digests(DatasetName.fashion_mnist)
+    assert digests != expected_digests(DatasetName.mnist)
+    for name in RAW_FILES:
+        assert data._sha256((raw / name).read_bytes()) == digests[name]
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_statistics_and_classes_are_its_own(tmp_path: Path) -> None:
+    config = to_run_config(compose_config(["data=fashion_mnist", f"data.root={tmp_path}",
+                                           "mlflow.tracking_uri=sqlite:///x.db"])).data  # fmt: skip
+    dataset = data.torchvision_dataset(data.DataFiles.of(config), True)
+    pixels = dataset.data.float() / 255
+    assert pixels.mean().item() == pytest.approx(config.mean, abs=1e-4)
+    assert pixels.std().item() == pytest.approx(config.std, abs=1e-4)
+    assert data.class_names(config.name)[0] == "T-shirt/top"
+    assert torch.bincount(dataset.targets).tolist() == [6000] * 10
+
+
+@needs_fashion_mnist
+def test_a_damaged_fashion_mnist_file_is_refused_by_name(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(FASHION_SOURCE, source)
+    name = "t10k-labels-idx1-ubyte"
+    raw = gzip.decompress((source / f"{name}.gz").read_bytes())
+    (source / f"{name}.gz").write_bytes(gzip.compress(raw[:-1] + bytes([(raw[-1] + 1) % 10])))
+    with pytest.raises(DataIntegrityError, match=name) as error:
+        ensure_raw_files(tmp_path / "root", source, DatasetName.fashion_mnist)
+    assert expected_digests(DatasetName.fashion_mnist)[name] in str(error.value)
+
+
+def test_a_dataset_without_a_packaged_copy_needs_a_source_dir(tmp_path: Path) -> None:
+    with pytest.raises(DataMissingError, match=r"fashion_mnist needs data\.source_dir"):
+        ensure_raw_files(tmp_path, None, DatasetName.fashion_mnist)

@@ -7,10 +7,15 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 import mnist_sweep
 from mnist_sweep import experiment
+from mnist_sweep.checkpoints import read_checkpoint
 from mnist_sweep.data import IMAGE_SHAPE
+from mnist_sweep.models import CNN
+
+from conftest import compose_config, needs_fashion_mnist, small_overrides
 
 EPOCH_METRICS = {"train_loss", "train_accuracy", "val_loss", "val_accuracy"}
 FINAL_METRICS = {"test_loss", "test_accuracy", "wall_time_s", "train_samples_per_s"}
@@ -72,3 +77,26 @@ def test_a_failing_run_is_marked_failed_and_keeps_what_it_logged(small_cfg, tmp_
     run = client.search_runs([client.get_experiment_by_name("mnist_sweep").experiment_id])[0]
     assert run.info.status == "FAILED"
     assert run.data.params["optimizer.lr"] == "1e+30"
+
+
+def test_a_cnn_run_with_augmentation_and_ema_saves_a_loadable_cnn(small_cfg, tmp_path) -> None:
+    overrides = {"model": {"arch": "cnn", "channels": [4, 8], "hidden_sizes": [16]},
+                 "data": {"augment": {"rotation": 10.0, "translate": 0.1}},
+                 "trainer": {"ema_decay": 0.9, "lr_schedule": "cosine",
+                             "label_smoothing": 0.1, "epochs": 3},
+                 "optimizer": {"lr": 0.003}}  # fmt: skip
+    cfg = OmegaConf.merge(small_cfg, overrides)
+    assert experiment.run(cfg, tmp_path / "out") > 0.5  # chance is 0.1
+    model = mnist_sweep.load_model(tmp_path / "out" / "model.pt")
+    assert isinstance(model.net, CNN) and model.net.hparams["channels"] == [4, 8]
+    torch.testing.assert_close(model(torch.rand(2, *IMAGE_SHAPE)).sum(1), torch.ones(2))
+
+
+@needs_fashion_mnist
+def test_a_fashion_mnist_run_reports_its_own_classes(data_root, tmp_path) -> None:
+    cfg = compose_config(["data=fashion_mnist", *small_overrides(data_root, tmp_path)])
+    experiment.run(cfg, tmp_path / "out")
+    rows = (tmp_path / "out" / "evaluation" / "per_class.csv").read_text().splitlines()
+    assert rows[1].startswith("T-shirt/top,") and rows[-1].startswith("Ankle boot,")
+    checkpoint = read_checkpoint(tmp_path / "out" / "model.pt")
+    assert checkpoint["class_names"][0] == "T-shirt/top"

@@ -84,3 +84,37 @@ def test_evaluate_refuses_a_broken_checkpoint(trained: Path, tmp_path: Path, cap
     assert evaluate_main([str(broken)]) == 2
     assert "broken.pt" in capsys.readouterr().err
     assert evaluate_main([str(tmp_path / "missing.pt")]) == 2
+
+
+def test_evaluate_several_checkpoints_as_an_ensemble_with_tta(
+    small_cfg, data_root: Path, tmp_path: Path, capsys
+) -> None:
+    paths = []
+    for seed in (0, 1):
+        small_cfg.trainer.seed = seed
+        experiment.run(small_cfg, tmp_path / f"seed{seed}")
+        paths.append(str(tmp_path / f"seed{seed}" / "model.pt"))
+    assert evaluate_main([*paths, "--tta", "--root", str(data_root)]) == 0
+    out = tmp_path / "seed0" / "evaluation-ensemble-tta"
+    assert (out / "confusion_matrix.png").read_bytes().startswith(PNG)
+    assert "2 model(s) with TTA: test accuracy" in capsys.readouterr().out
+    client = mlflow.MlflowClient(small_cfg.mlflow.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("mnist_sweep").experiment_id])
+    [evaluation] = [r for r in runs if r.data.tags.get("mnist_sweep.role") == "evaluation"]
+    sources = {r.info.run_id for r in runs if r is not evaluation}
+    assert set(evaluation.data.tags["mnist_sweep.source_run"].split(",")) == sources
+    assert evaluation.data.params["members"] == "2" and evaluation.data.params["tta"] == "True"
+    accuracy = json.loads((out / "evaluation.json").read_text())["accuracy"]
+    assert evaluation.data.metrics["test_accuracy"] == pytest.approx(accuracy)
+
+
+def test_models_of_different_datasets_are_not_ensembled(
+    trained: Path, tmp_path: Path, capsys
+) -> None:
+    checkpoint = torch.load(trained, weights_only=True)
+    checkpoint["config"]["data"]["name"] = "fashion_mnist"
+    checkpoint["class_names"] = ["other"] * 10
+    other = tmp_path / "other.pt"
+    torch.save(checkpoint, other)
+    assert evaluate_main([str(trained), str(other)]) == 2
+    assert "different datasets" in capsys.readouterr().err
