@@ -38,11 +38,11 @@ def run_sweep(folder: Path, data_root: Path, *overrides: str) -> subprocess.Comp
     return done
 
 
-def study(folder: Path) -> optuna.Study:
+def study(folder: Path, name: str = "mlp") -> optuna.Study:
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(folder / "optuna_journal.log"))
     )
-    return optuna.load_study(study_name="mlp", storage=storage)
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def states(folder: Path) -> list[TrialState]:
@@ -80,6 +80,19 @@ def test_sweep_tracks_every_trial_under_its_sweep_and_keeps_the_best(
     assert accuracy >= 0.5
     champion = client.get_model_version_by_alias("mnist_sweep_mlp", "champion")
     assert champion.run_id == best_run.info.run_id
+
+
+def test_cnn_sweep_searches_cnn_shapes_in_its_own_study(data_root: Path, tmp_path: Path) -> None:
+    run_sweep(tmp_path, data_root, "sweep=cnn_small", "hydra.sweeper.n_trials=2",
+              "data.train_subset=1000", "sweep.min_test_accuracy=0.2")  # fmt: skip
+    trials = study(tmp_path, "cnn_small").trials
+    assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 2
+    assert all(trial.params["model.channels"].startswith("[") for trial in trials)
+    _, runs = mlflow_runs(tmp_path, "trial")
+    assert {run.data.params["model.arch"] for run in runs} == {"cnn"}
+    assert {run.data.params["data.augment.rotation"] for run in runs} == {"10.0"}
+    model = mnist_sweep.load_model(tmp_path / "multirun" / "cnn_small" / "best" / "model.pt")
+    assert model.net.hparams["arch"] == "cnn"
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
