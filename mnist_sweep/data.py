@@ -41,16 +41,20 @@ class DatasetSpec:
     folder: str  # torchvision reads <root>/<folder>/raw
     torchvision_class: type[datasets.MNIST]
     checksums: Traversable  # SHA256SUMS of the four decompressed files
-    packaged: Traversable | None  # the .gz originals shipped in the package, if any
+    source: Traversable | Path  # the .gz originals when data.source_dir is null
     class_names: tuple[str, ...]
+    how_to_get: str  # said when the originals are missing
 
 
 DATASETS = {
-    DatasetName.mnist: DatasetSpec("MNIST", datasets.MNIST, _PACKAGE / "mnist_files" / "SHA256SUMS",
-                                   _PACKAGE / "mnist_files", tuple(CLASS_NAMES)),
+    DatasetName.mnist: DatasetSpec(
+        "MNIST", datasets.MNIST, _PACKAGE / "mnist_files" / "SHA256SUMS",
+        _PACKAGE / "mnist_files", tuple(CLASS_NAMES),
+        "the package ships them; reinstall mnist_sweep"),
     DatasetName.fashion_mnist: DatasetSpec(
         "FashionMNIST", datasets.FashionMNIST, _PACKAGE / "fashion_mnist_files" / "SHA256SUMS",
-        None, tuple(datasets.FashionMNIST.classes)),
+        Path("/usr/share/datasets/fashion-mnist"), tuple(datasets.FashionMNIST.classes),
+        "apt-get install dataset-fashion-mnist, or point data.source_dir at the four .gz files"),
 }  # fmt: skip
 
 
@@ -117,8 +121,8 @@ def ensure_raw_files(
     folder.
 
     A cached file that fails its digest is replaced from the source copy (`source_dir`, else
-    the packaged one); a source file that fails raises DataIntegrityError naming it and the
-    expected digest.
+    the dataset's usual place); a source file that fails raises DataIntegrityError naming it
+    and the expected digest.
     """
     spec = DATASETS[dataset]
     raw_dir = root / spec.folder / "raw"
@@ -129,12 +133,11 @@ def ensure_raw_files(
             if _sha256(target.read_bytes()) == digests[name]:
                 continue
             log.warning("%s fails its SHA-256 check; replacing it from the source copy", target)
-        source_folder = source_dir or spec.packaged
-        if source_folder is None:
-            raise DataMissingError(f"no local copy of {name}: {dataset} needs data.source_dir")
-        source = Path(str(source_folder)) / f"{name}.gz"
+        source = Path(str(source_dir or spec.source)) / f"{name}.gz"
         if not source.exists():
-            raise DataMissingError(f"no local copy of {name}: {source} does not exist")
+            raise DataMissingError(
+                f"no local copy of {name}: {source} does not exist ({spec.how_to_get})"
+            )
         _write_atomically(target, _read_source(source, name, digests[name]))
     return raw_dir
 

@@ -120,5 +120,5 @@ def _write_outputs(
     )
     images, labels = next(iter(loaders.val))
     show5_path = output_dir / "show5.png"
-    show5_path.write_bytes(show5_png(images, labels))
+    show5_path.write_bytes(show5_png(images, labels, class_names(config.data.name)))
     return [config_path, model_path, show5_path]

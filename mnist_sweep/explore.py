@@ -1,35 +1,41 @@
 """Look at the data as the seed project does: dimensions, value range, classes, five samples.
 
-Run `python -m mnist_sweep.explore [--root DIR] [--out show5.png]` to print the summary and
-write the picture.
+Run `python -m mnist_sweep.explore [--dataset fashion_mnist] [--root DIR] [--out show5.png]`
+to print the summary and write the picture.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mnist_sweep.data import CLASS_NAMES, DataFiles, torchvision_dataset
+from mnist_sweep.config import DatasetName
+from mnist_sweep.data import CLASS_NAMES, DataFiles, class_names, torchvision_dataset
 
 
-def describe(images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+def describe(
+    images: torch.Tensor, labels: torch.Tensor, names: Sequence[str] = CLASS_NAMES
+) -> dict[str, Any]:
     """Shape, dtype, value range and per-class counts of a split held as tensors."""
-    counts = torch.bincount(labels, minlength=len(CLASS_NAMES)).tolist()
+    counts = torch.bincount(labels, minlength=len(names)).tolist()
     return {
         "images": len(images),
         "image_shape": list(images.shape[1:]),
         "dtype": str(images.dtype).removeprefix("torch."),
         "min": images.min().item(),
         "max": images.max().item(),
-        "class_counts": dict(zip(CLASS_NAMES, counts, strict=True)),
+        "class_counts": dict(zip(names, counts, strict=True)),
     }
 
 
-def show5_png(images: torch.Tensor, labels: torch.Tensor) -> bytes:
+def show5_png(
+    images: torch.Tensor, labels: torch.Tensor, names: Sequence[str] = CLASS_NAMES
+) -> bytes:
     """A PNG of the first five images with their labels above them."""
     import matplotlib
 
@@ -39,7 +45,7 @@ def show5_png(images: torch.Tensor, labels: torch.Tensor) -> bytes:
     figure, axes = plt.subplots(1, 5, figsize=(7.5, 1.9))
     for axis, image, label in zip(axes, images[:5], labels[:5], strict=True):
         axis.imshow(image.reshape(28, 28).cpu().numpy(), cmap="gray")
-        axis.set_title(f"label {CLASS_NAMES[int(label)]}")
+        axis.set_title(f"label {names[int(label)]}", fontsize=9)
         axis.axis("off")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", bbox_inches="tight", dpi=100)
@@ -48,17 +54,24 @@ def show5_png(images: torch.Tensor, labels: torch.Tensor) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Summarize MNIST and draw five samples.")
+    parser = argparse.ArgumentParser(description="Summarize a dataset and draw five samples.")
+    parser.add_argument("--dataset", type=DatasetName, default=DatasetName.mnist,
+                        choices=list(DatasetName))  # fmt: skip
     parser.add_argument("--root", default=None, help="data folder (default: the user cache)")
+    parser.add_argument(
+        "--source-dir", help="folder of the four .gz files (default: the dataset's usual place)"
+    )
     parser.add_argument("--out", type=Path, default=Path("show5.png"), help="PNG to write")
     args = parser.parse_args(argv)
+    files = DataFiles(root=args.root, source_dir=args.source_dir, dataset=args.dataset)
+    names = class_names(args.dataset)
     splits = {
-        name: torchvision_dataset(DataFiles(root=args.root), train)
+        name: torchvision_dataset(files, train)
         for name, train in (("train", True), ("test", False))
     }
     for name, dataset in splits.items():
-        print(name, describe(dataset.data, dataset.targets))
-    args.out.write_bytes(show5_png(splits["train"].data, splits["train"].targets))
+        print(name, describe(dataset.data, dataset.targets, names))
+    args.out.write_bytes(show5_png(splits["train"].data, splits["train"].targets, names))
     print(f"wrote {args.out}")
 
 

@@ -8,11 +8,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from mnist_sweep.config import register_schema
+from mnist_sweep.config import DatasetName, register_schema
+from mnist_sweep.data import DATASETS
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-# Where conf/data/fashion_mnist.yaml reads from; CI installs the package (.ci/run).
-FASHION_SOURCE = Path("/usr/share/datasets/fashion-mnist")
+# Where data=fashion_mnist reads from by default; CI installs Debian's package (.ci/run).
+FASHION_SOURCE = Path(DATASETS[DatasetName.fashion_mnist].source)
 needs_fashion_mnist = pytest.mark.skipif(
     not FASHION_SOURCE.is_dir(),
     reason=f"Fashion-MNIST is absent: {FASHION_SOURCE} comes from Debian's dataset-fashion-mnist",

@@ -21,7 +21,7 @@ from mnist_sweep.data import (
 
 from conftest import FASHION_SOURCE, compose_config, needs_fashion_mnist
 
-PACKAGED = Path(str(DATASETS[DatasetName.mnist].packaged))
+PACKAGED = Path(str(DATASETS[DatasetName.mnist].source))
 
 
 @pytest.fixture
@@ -174,6 +174,7 @@ def test_a_damaged_fashion_mnist_file_is_refused_by_name(tmp_path: Path) -> None
     assert expected_digests(DatasetName.fashion_mnist)[name] in str(error.value)
 
 
-def test_a_dataset_without_a_packaged_copy_needs_a_source_dir(tmp_path: Path) -> None:
-    with pytest.raises(DataMissingError, match=r"fashion_mnist needs data\.source_dir"):
-        ensure_raw_files(tmp_path, None, DatasetName.fashion_mnist)
+def test_missing_fashion_mnist_files_say_how_to_get_them(tmp_path: Path) -> None:
+    with pytest.raises(DataMissingError, match="apt-get install dataset-fashion-mnist") as error:
+        ensure_raw_files(tmp_path, tmp_path / "nowhere", DatasetName.fashion_mnist)
+    assert str(tmp_path / "nowhere" / "train-images-idx3-ubyte.gz") in str(error.value)

@@ -7,6 +7,8 @@ import torch
 from mnist_sweep.data import DataFiles, torchvision_dataset
 from mnist_sweep.explore import describe, main, show5_png
 
+from conftest import needs_fashion_mnist
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -29,3 +31,11 @@ def test_entry_point_prints_and_writes(data_root: Path, tmp_path: Path, capsys) 
     printed = capsys.readouterr().out
     assert "'images': 60000" in printed and "'images': 10000" in printed
     assert (tmp_path / "five.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+@needs_fashion_mnist
+def test_explore_fashion_mnist_names_its_classes(tmp_path: Path, capsys) -> None:
+    main(["--dataset", "fashion_mnist", "--root", str(tmp_path), "--out", str(tmp_path / "5.png")])
+    printed = capsys.readouterr().out
+    assert "'T-shirt/top': 6000" in printed and "'Ankle boot': 1000" in printed
+    assert (tmp_path / "5.png").read_bytes().startswith(b"\x89PNG")
