@@ -1,5 +1,5 @@
-"""Training-step time of the two CNNs: channels-last vs the default layout, and what batch
-augmentation adds to a step.
+"""Training-step time of the two CNNs (and a wider strong one): channels-last vs the default
+layout, and what batch augmentation adds to a step.
 
     python benchmarks/cnn_speed.py [--batch-size 128] [--steps 30]
 
@@ -32,8 +32,17 @@ def options(path: Path) -> dict:
     return OmegaConf.to_container(OmegaConf.load(path))
 
 
-def cnn(name: str) -> CNN:
-    knobs = options(CONF / "model" / f"{name}.yaml")
+# conf/model/<name>.yaml, with overrides
+VARIANTS = {
+    "cnn_small": ("cnn_small", {}),
+    "cnn_strong": ("cnn_strong", {}),
+    "cnn_strong channels=[32,64,128]": ("cnn_strong", {"channels": [32, 64, 128]}),
+}
+
+
+def cnn(variant: str) -> CNN:
+    name, overrides = VARIANTS[variant]
+    knobs = {**options(CONF / "model" / f"{name}.yaml"), **overrides}
     knobs.pop("arch")
     return CNN(**knobs)
 
@@ -80,7 +89,7 @@ def main() -> None:
     affine = options(CONF / "data" / "augment" / "affine.yaml")
     augment = BatchAugment(AugmentConfig(**affine), torch.device("cpu"), 0)
     per_epoch = TRAIN_IMAGES / batch / 1000
-    for name in ("cnn_small", "cnn_strong"):
+    for name in VARIANTS:
         default = step_ms(training_step(cnn(name), batch, torch.contiguous_format), args.steps)
         last = step_ms(training_step(cnn(name), batch, torch.channels_last), args.steps)
         augmented = step_ms(
