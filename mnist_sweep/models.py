@@ -3,8 +3,6 @@ normalization, ensembles, test-time augmentation."""
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,17 +25,13 @@ class MLP(nn.Module):
         num_classes: int = NUM_CLASSES,
     ) -> None:
         super().__init__()
-        # What checkpoints store to rebuild this network: MLP(**net.hparams).
+        # What checkpoints store to rebuild this network: rebuild(net.hparams).
         self.hparams = {"arch": "mlp", "hidden_sizes": list(hidden_sizes), "dropout": dropout,
                         "input_size": input_size, "num_classes": num_classes}  # fmt: skip
         if len(hidden_sizes) < 2:
             raise ValueError(f"an MLP here has at least two hidden layers, got {hidden_sizes}")
-        layers: list[nn.Module] = []
-        widths = [input_size, *hidden_sizes]
-        for width_in, width_out in itertools.pairwise(widths):
-            layers += [nn.Linear(width_in, width_out), nn.ReLU(), nn.Dropout(dropout)]
-        layers.append(nn.Linear(widths[-1], num_classes))
-        self.layers = nn.Sequential(*layers)
+        self.layers = nn.Sequential(*fully_connected(input_size, hidden_sizes, dropout,
+                                                     num_classes))  # fmt: skip
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Unnormalized scores: what the loss is computed from."""
@@ -47,7 +41,10 @@ class MLP(nn.Module):
         return self.logits(x).softmax(dim=1)
 
 
-def _head(width_in: int, hidden_sizes: list[int], dropout: float, num_classes: int) -> list:
+def fully_connected(
+    width_in: int, hidden_sizes: list[int], dropout: float, num_classes: int
+) -> list[nn.Module]:
+    """(Linear, ReLU, Dropout) per hidden size, then the Linear layer to the class scores."""
     layers: list[nn.Module] = []
     for width_out in hidden_sizes:
         layers += [nn.Linear(width_in, width_out), nn.ReLU(), nn.Dropout(dropout)]
@@ -90,7 +87,7 @@ class CNN(nn.Module):
         if side == 0:
             raise ValueError(f"{len(channels)} stages pool a {IMAGE_SIDE}-pixel image to nothing")
         layers += [nn.Flatten(), nn.Dropout(dropout)]
-        layers += _head(width_in * side * side, list(hidden_sizes), dropout, num_classes)
+        layers += fully_connected(width_in * side * side, list(hidden_sizes), dropout, num_classes)
         self.layers = nn.Sequential(*layers)
         # NHWC makes the training steps 1.2-1.4x faster on the CPU (benchmarks/cnn_speed.py),
         # with the same results up to rounding.
