@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mnist_sweep.config import AugmentConfig
-
-IMAGE_SIDE = 28
+from mnist_sweep.models import IMAGE_SIDE
 
 
 class BatchAugment:

@@ -65,7 +65,11 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
 
 def load_model(path: Path | str) -> Classifier:
     """The saved classifier, in eval mode: (N, 1, 28, 28) images in [0, 1] -> (N, 10) probs."""
-    checkpoint = read_checkpoint(path)
+    return classifier_from(read_checkpoint(path))
+
+
+def classifier_from(checkpoint: dict[str, Any]) -> Classifier:
+    """The classifier of a checkpoint dict that read_checkpoint returned, in eval mode."""
     net = rebuild(checkpoint["model_config"])
     net.load_state_dict(checkpoint["state_dict"])
     normalization = checkpoint["normalization"]

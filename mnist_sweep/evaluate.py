@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from mnist_sweep import report, tracking
-from mnist_sweep.checkpoints import CheckpointError, load_model, read_checkpoint
+from mnist_sweep.checkpoints import CheckpointError, classifier_from, read_checkpoint
 from mnist_sweep.config import DatasetName, MlflowConfig
 from mnist_sweep.data import (
     CLASS_NAMES,
@@ -82,7 +82,7 @@ def evaluate_checkpoints(
     evaluation run; `tta` averages each model over shifted copies of the images."""
     checkpoints = [read_checkpoint(path) for path in paths]
     _same_dataset(checkpoints, paths)
-    models = [load_model(path) for path in paths]
+    models = [classifier_from(checkpoint) for checkpoint in checkpoints]
     model = models[0] if len(models) == 1 else Ensemble(models)
     if tta:
         model = ShiftTTA(model)
