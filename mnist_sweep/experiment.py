@@ -21,7 +21,7 @@ from mnist_sweep.evaluate import report_and_log
 from mnist_sweep.evaluation import predict
 from mnist_sweep.explore import show5_png
 from mnist_sweep.models import Network, build_model
-from mnist_sweep.sweep import SweepJob, job_tags
+from mnist_sweep.sweep.job import SweepJob, job_tags
 from mnist_sweep.training import EpochMetrics, fit
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,10 @@ import torch
 from optuna.trial import TrialState
 
 import mnist_sweep
-from mnist_sweep import sweeper
 from mnist_sweep.data import DataFiles, torchvision_dataset
-from mnist_sweep.sweeper import consecutive_runs, is_grid, process_is_gone
+from mnist_sweep.sweep import liveness
+from mnist_sweep.sweep.liveness import process_is_gone
+from mnist_sweep.sweep.sweeper import consecutive_runs, is_grid
 
 RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
 
@@ -202,17 +203,17 @@ def test_abandoned_trials_are_those_of_dead_or_missing_owners(monkeypatch) -> No
     study = optuna.create_study()
     trial = study.ask()
     frozen = lambda: study.get_trials(deepcopy=False)[0]  # noqa: E731
-    assert not sweeper.is_abandoned(frozen())  # just asked: its owner is being recorded
-    monkeypatch.setattr(sweeper, "OWNER_GRACE_S", -1.0)
-    assert sweeper.is_abandoned(frozen())  # nobody claimed it
-    study._storage.set_trial_system_attr(trial._trial_id, sweeper.OWNER, sweeper.this_process())
-    assert not sweeper.is_abandoned(frozen())
+    assert not liveness.is_abandoned(frozen())  # just asked: its owner is being recorded
+    monkeypatch.setattr(liveness, "OWNER_GRACE_S", -1.0)
+    assert liveness.is_abandoned(frozen())  # nobody claimed it
+    study._storage.set_trial_system_attr(trial._trial_id, liveness.OWNER, liveness.this_process())
+    assert not liveness.is_abandoned(frozen())
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               capture_output=True, text=True, check=True)  # fmt: skip
     dead = f"{os.uname().nodename}:{finished.stdout.strip()}"
-    study._storage.set_trial_system_attr(trial._trial_id, sweeper.OWNER, dead)
-    assert sweeper.is_abandoned(frozen())
-    assert sweeper.fail_abandoned_trials(study) == [0]
+    study._storage.set_trial_system_attr(trial._trial_id, liveness.OWNER, dead)
+    assert liveness.is_abandoned(frozen())
+    assert liveness.fail_abandoned_trials(study) == [0]
     assert study.trials[0].state is TrialState.FAIL
 
 

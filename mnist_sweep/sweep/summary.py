@@ -14,7 +14,7 @@ import optuna
 from omegaconf import DictConfig
 
 from mnist_sweep import tracking
-from mnist_sweep.sweeper import make_storage
+from mnist_sweep.sweep.storage import make_storage
 
 log = logging.getLogger(__name__)
 OBJECTIVE = "val_accuracy"

@@ -14,12 +14,9 @@ Differences from `hydra_plugins.hydra_optuna_sweeper` (whose search-space parsin
 from __future__ import annotations
 
 import contextlib
-import datetime
 import logging
 import math
-import os
 import signal
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -39,33 +36,16 @@ from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from mnist_sweep.sweep.liveness import OWNER, fail_abandoned_trials, this_process
+from mnist_sweep.sweep.storage import make_storage
+
 log = logging.getLogger(__name__)
-OWNER = "mnist_sweep.owner"
 GRID_SUBDIR = "grid_${now:%Y%m%d-%H%M%S}_${hydra.job.num}"
-OWNER_GRACE_S = 10.0
 WAIT_FOR_OTHERS_S = 2.0
 
 
 class SweepFailedError(RuntimeError):
     """More trials failed than the sweep's max_failure_rate allows."""
-
-
-def this_process() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def process_is_gone(owner: str) -> bool:
-    """True when `owner` ("host:pid") is a process of this machine that no longer runs."""
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 @contextlib.contextmanager
@@ -90,30 +70,6 @@ def is_grid(arguments: list[str]) -> bool:
         isinstance(override.value(), ChoiceSweep) and override.value().simple_form
         for override in sweeps
     )
-
-
-def is_abandoned(trial: optuna.trial.FrozenTrial) -> bool:
-    """A RUNNING trial whose process died, or that no process claimed within OWNER_GRACE_S
-    (killed between asking for it and recording its owner)."""
-    owner = trial.system_attrs.get(OWNER)
-    if owner is None:
-        age = datetime.datetime.now() - trial.datetime_start
-        return age.total_seconds() > OWNER_GRACE_S
-    return process_is_gone(owner)
-
-
-def fail_abandoned_trials(study: optuna.Study) -> list[int]:
-    """Mark FAIL the RUNNING trials whose process died (Ctrl-C, crash, kill); returns them."""
-    abandoned = [
-        trial.number
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if is_abandoned(trial)
-    ]
-    for number in abandoned:
-        study.tell(number, state=TrialState.FAIL)
-    if abandoned:
-        log.warning("Marked trials %s FAIL: their process is gone", abandoned)
-    return abandoned
 
 
 def running(study: optuna.Study) -> bool:
@@ -245,13 +201,6 @@ class ResumableOptunaSweeper(OptunaSweeper):
             storage=make_storage(storage),
             **options,
         )
-
-
-def make_storage(storage: Any) -> Any:
-    """An Optuna storage URL as is; a config with `_target_` (JournalStorage) instantiated."""
-    if OmegaConf.is_config(storage):
-        return instantiate(storage, _execution_whitelist_=("optuna.storages.*",))
-    return storage
 
 
 def register() -> None:

@@ -1,0 +1,41 @@
+"""Which sweep and trial the running Hydra job belongs to, and the MLflow tags that say so."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from mnist_sweep import tracking
+from mnist_sweep.config import MlflowConfig
+from mnist_sweep.sweep.liveness import this_process
+
+
+@dataclass
+class SweepJob:
+    """Where a multirun job belongs: its sweep, and its trial's name (its output folder)."""
+
+    sweep_id: str
+    trial: str
+
+
+def sweep_id(hydra_cfg: DictConfig) -> str:
+    """The study name when the sweeper has one, else the sweep folder."""
+    return hydra_cfg.sweeper.get("study_name") or str(Path(hydra_cfg.sweep.dir).resolve())
+
+
+def current_job() -> SweepJob | None:
+    """The running Hydra job's sweep, or None outside a multirun."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return SweepJob(sweep_id(hydra_cfg), Path(hydra_cfg.runtime.output_dir).name)
+
+
+def job_tags(config: MlflowConfig, job: SweepJob | None) -> dict[str, str]:
+    if job is None:
+        return {}
+    return tracking.trial_tags(config, job.sweep_id, job.trial, this_process())

@@ -1,0 +1,71 @@
+"""The sweep's kept model: the best eligible trial, copied out and registered."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlflow
+
+from mnist_sweep import tracking
+from mnist_sweep.config import SweepConfig
+
+log = logging.getLogger(__name__)
+
+
+def best_trial(
+    trials: list[mlflow.entities.Run], min_test_accuracy: float
+) -> mlflow.entities.Run | None:
+    """The highest validation accuracy among trials whose test accuracy clears the bar."""
+    eligible = [
+        run for run in trials if run.data.metrics.get("test_accuracy", 0.0) >= min_test_accuracy
+    ]
+    return max(eligible, key=lambda run: run.data.metrics["val_accuracy"], default=None)
+
+
+def keep_best(
+    client: mlflow.MlflowClient,
+    trials: list[mlflow.entities.Run],
+    config: SweepConfig,
+    folder: Path,
+) -> mlflow.entities.Run | None:
+    """Copy the best trial's model, config and metrics to `folder` and register the model."""
+    best = best_trial(trials, config.min_test_accuracy)
+    if best is None:
+        log.warning(
+            "No trial reached test_accuracy >= %.4f among %d finished trials; kept nothing",
+            config.min_test_accuracy, len(trials),
+        )  # fmt: skip
+        return None
+    with tempfile.TemporaryDirectory() as download:
+        for name in ("model.pt", "config.yaml"):
+            local = client.download_artifacts(best.info.run_id, name, download)
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(local, folder / name)
+    summary = {"run_id": best.info.run_id, "trial": best.data.tags.get(tracking.TRIAL),
+               **best.data.metrics}  # fmt: skip
+    (folder / "metrics.json").write_text(json.dumps(summary, indent=2))
+    version = register(client, best, config)
+    log.info(
+        "Kept trial %s (val_accuracy %.4f, test_accuracy %.4f) in %s; registered as %s v%s @%s",
+        summary["trial"], best.data.metrics["val_accuracy"], best.data.metrics["test_accuracy"],
+        folder, config.registered_model, version, config.alias,
+    )  # fmt: skip
+    return best
+
+
+def register(client: mlflow.MlflowClient, run: mlflow.entities.Run, config: SweepConfig) -> str:
+    """Register the run's model.pt in the Model Registry and point the alias at it."""
+    if not client.search_registered_models(f"name = '{config.registered_model}'"):
+        client.create_registered_model(config.registered_model)
+    same_run = client.search_model_versions(
+        f"name = '{config.registered_model}' AND run_id = '{run.info.run_id}'"
+    )
+    version = same_run[0] if same_run else client.create_model_version(
+        config.registered_model, f"{run.info.artifact_uri}/model.pt", run.info.run_id
+    )  # fmt: skip
+    client.set_registered_model_alias(config.registered_model, config.alias, version.version)
+    return version.version
