@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
@@ -16,7 +17,7 @@ from tqdm import tqdm
 from mnist_sweep import checkpoints, device, tracking
 from mnist_sweep.augment import make_augment
 from mnist_sweep.config import RunConfig, to_run_config
-from mnist_sweep.data import Loaders, class_names, make_loaders
+from mnist_sweep.data import DATASETS, Loaders, class_names, expected_digests, make_loaders
 from mnist_sweep.evaluate import report_and_log
 from mnist_sweep.evaluation import predict
 from mnist_sweep.explore import show5_png
@@ -37,6 +38,7 @@ def run(cfg: DictConfig, output_dir: Path, job: SweepJob | None = None) -> float
     with tracking.tracked_run(config.mlflow, tracking.flatten(resolved), tags) as active:
         started = time.perf_counter()
         loaders = make_loaders(config.data, target, config.trainer.seed)
+        dataset = _log_dataset(config)
         model = build_model(config.model).to(target)
         augment = make_augment(config.data.augment, target, config.trainer.seed)
         training_started = time.perf_counter()
@@ -54,15 +56,24 @@ def run(cfg: DictConfig, output_dir: Path, job: SweepJob | None = None) -> float
             "wall_time_s": time.perf_counter() - started,
             "train_samples_per_s": loaders.train_size * len(history) / train_seconds,
         }
-        tracking.log_metrics(summary)
         records = [asdict(epoch) for epoch in history]
         metrics = {**_epoch_values(history[-1]), **summary}
         checkpoint = Checkpoint(resolved, metrics, records, active.info.run_id)
-        tracking.log_artifacts(_write_outputs(output_dir, model, config, checkpoint, loaders))
+        model_path, *others = _write_outputs(output_dir, model, config, checkpoint, loaders)
+        tracking.log_metrics(summary, model_id=tracking.log_model(model_path), dataset=dataset)
+        tracking.log_artifacts(others)
         log.info(" ".join(f"{key}={value:.4f}" for key, value in summary.items()))
         report_and_log(predictions, output_dir / "evaluation", records,
                        class_names(config.data.name))  # fmt: skip
     return history[-1].val_accuracy
+
+
+def _log_dataset(config: RunConfig) -> mlflow.data.Dataset:
+    """The run's dataset input: the raw files that make_loaders verified against these digests."""
+    source = config.data.source_dir or DATASETS[config.data.name].source
+    return tracking.log_dataset(
+        config.data.name.value, expected_digests(config.data.name), str(source)
+    )
 
 
 def _epoch_values(metrics: EpochMetrics) -> dict[str, float]:
@@ -107,7 +118,7 @@ class Checkpoint:
 def _write_outputs(
     output_dir: Path, model: Network, config: RunConfig, checkpoint: Checkpoint, loaders: Loaders
 ) -> list[Path]:
-    """The run's files: resolved config, model checkpoint and show5 picture."""
+    """The run's files: model checkpoint, resolved config and show5 picture."""
     output_dir.mkdir(parents=True, exist_ok=True)
     config_path = output_dir / "config.yaml"
     config_path.write_text(OmegaConf.to_yaml(checkpoint.config))
@@ -121,4 +132,4 @@ def _write_outputs(
     images, labels = next(iter(loaders.val))
     show5_path = output_dir / "show5.png"
     show5_path.write_bytes(show5_png(images, labels, class_names(config.data.name)))
-    return [config_path, model_path, show5_path]
+    return [model_path, config_path, show5_path]

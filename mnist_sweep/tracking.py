@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
+import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -80,15 +82,45 @@ def tracked_run(
         yield run
 
 
-def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
-    """Log several metrics of the active run in one call."""
-    mlflow.log_metrics(dict(metrics), step=step)
+def log_metrics(
+    metrics: Mapping[str, float],
+    step: int | None = None,
+    model_id: str | None = None,
+    dataset: mlflow.data.Dataset | None = None,
+) -> None:
+    """Log several metrics of the active run in one call (linked to a logged model and the
+    dataset they were measured on, if given)."""
+    mlflow.log_metrics(dict(metrics), step=step, model_id=model_id, dataset=dataset)
 
 
 def log_artifacts(paths: list[Path], folder: str | None = None) -> None:
     """Copy files into the active run's artifacts (into `folder` if given)."""
     for path in paths:
         mlflow.log_artifact(str(path), folder)
+
+
+def log_model(checkpoint: Path) -> str:
+    """Log `checkpoint` as the active run's MLflow Model; returns its model id."""
+    from mnist_sweep.serving import log_pyfunc
+
+    return log_pyfunc(checkpoint).model_id
+
+
+def log_dataset(name: str, file_digests: Mapping[str, str], source: str) -> mlflow.data.Dataset:
+    """Record the raw files the active run read, by one digest of their SHA-256s, as its
+    training dataset input (the UI's Dataset column)."""
+    from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+    from mlflow.data.meta_dataset import MetaDataset
+
+    # The sha256sum listing of the files, so `sha256sum SHA256SUMS` gives the same digest;
+    # cut to 16 hex digits: the store keeps 36 characters.
+    listing = "".join(f"{digest}  {file}\n" for file, digest in sorted(file_digests.items()))
+    digest = hashlib.sha256(listing.encode()).hexdigest()[:16]
+    # resolve_dataset_source would warn that a local path fits two registered source types.
+    local = get_dataset_source_from_json(json.dumps({"uri": source}), "local")
+    dataset = MetaDataset(local, name=name, digest=digest)
+    mlflow.log_input(dataset, context="training")
+    return dataset
 
 
 SWEEP_ID = "mnist_sweep.sweep_id"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import mlflow
@@ -12,7 +13,8 @@ from omegaconf import OmegaConf
 import mnist_sweep
 from mnist_sweep import experiment
 from mnist_sweep.checkpoints import read_checkpoint
-from mnist_sweep.data import IMAGE_SHAPE
+from mnist_sweep.config import DatasetName
+from mnist_sweep.data import DATASETS, IMAGE_SHAPE
 from mnist_sweep.models import CNN
 
 from conftest import compose_config, needs_fashion_mnist, small_overrides
@@ -58,14 +60,28 @@ def test_metrics_per_epoch_and_at_the_end(finished) -> None:
     assert 0.5 < run.data.metrics["test_accuracy"] <= 1
 
 
-def test_artifacts_are_the_config_model_and_show5(finished) -> None:
+def test_artifacts_are_the_config_and_show5_and_the_model_an_mlflow_model(finished) -> None:
     _, client, runs, out = finished
-    names = {artifact.path for artifact in client.list_artifacts(runs[0].info.run_id)}
-    assert names == {"config.yaml", "model.pt", "show5.png", "evaluation"}
+    run = runs[0]
+    names = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
+    assert names == {"config.yaml", "show5.png", "evaluation"}
     assert (out / "show5.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
-    local = client.download_artifacts(runs[0].info.run_id, "model.pt", str(out / "dl"))
-    probabilities = mnist_sweep.load_model(local)(torch.rand(2, *IMAGE_SHAPE))
-    torch.testing.assert_close(probabilities.sum(1), torch.ones(2))
+    [logged] = client.search_logged_models([run.info.experiment_id])
+    assert logged.source_run_id == run.info.run_id
+    assert {metric.key for metric in logged.metrics} >= FINAL_METRICS
+    images = torch.rand(2, *IMAGE_SHAPE)
+    pyfunc = mlflow.pyfunc.load_model(logged.model_uri)
+    expected = mnist_sweep.load_model(out / "model.pt")(images)
+    torch.testing.assert_close(torch.from_numpy(pyfunc.predict(images.numpy())), expected)
+
+
+def test_the_run_names_its_dataset_by_the_digest_of_its_raw_files(finished) -> None:
+    _, _, runs, _ = finished
+    [dataset_input] = runs[0].inputs.dataset_inputs
+    assert dataset_input.dataset.name == "mnist"
+    sums = DATASETS[DatasetName.mnist].checksums.read_bytes()  # what `sha256sum -c` reads
+    assert dataset_input.dataset.digest == hashlib.sha256(sums).hexdigest()[:16]
+    assert {tag.value for tag in dataset_input.tags} == {"training"}
 
 
 def test_a_failing_run_is_marked_failed_and_keeps_what_it_logged(small_cfg, tmp_path) -> None:

@@ -9,9 +9,11 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+from mlflow.entities import LoggedModel
 
 from mnist_sweep import tracking
 from mnist_sweep.config import SweepConfig
+from mnist_sweep.serving import CHECKPOINT_IN_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +42,19 @@ def keep_best(
             config.min_test_accuracy, len(trials),
         )  # fmt: skip
         return None
+    logged = logged_model(client, best)
+    folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as download:
-        for name in ("model.pt", "config.yaml"):
-            local = client.download_artifacts(best.info.run_id, name, download)
-            folder.mkdir(parents=True, exist_ok=True)
-            shutil.copy(local, folder / name)
+        shutil.copy(client.download_artifacts(best.info.run_id, "config.yaml", download), folder)
+        model = mlflow.artifacts.download_artifacts(
+            f"{logged.artifact_location}/{CHECKPOINT_IN_MODEL}", dst_path=download,
+            tracking_uri=client.tracking_uri,
+        )  # fmt: skip
+        shutil.copy(model, folder / "model.pt")
     summary = {"run_id": best.info.run_id, "trial": best.data.tags.get(tracking.TRIAL),
                **best.data.metrics}  # fmt: skip
     (folder / "metrics.json").write_text(json.dumps(summary, indent=2))
-    version = register(client, best, config)
+    version = register(client, best, logged.model_id, config)
     log.info(
         "Kept trial %s (val_accuracy %.4f, test_accuracy %.4f) in %s; registered as %s v%s @%s",
         summary["trial"], best.data.metrics["val_accuracy"], best.data.metrics["test_accuracy"],
@@ -57,15 +63,27 @@ def keep_best(
     return best
 
 
-def register(client: mlflow.MlflowClient, run: mlflow.entities.Run, config: SweepConfig) -> str:
-    """Register the run's model.pt in the Model Registry and point the alias at it."""
+def logged_model(client: mlflow.MlflowClient, run: mlflow.entities.Run) -> LoggedModel:
+    """The MLflow Model that `run` logged (tracking.log_model)."""
+    models = client.search_logged_models(
+        [run.info.experiment_id], f"source_run_id = '{run.info.run_id}'"
+    )
+    if not models:
+        raise LookupError(f"MLflow run {run.info.run_id} logged no model, so none can be kept")
+    return models[0]
+
+
+def register(
+    client: mlflow.MlflowClient, run: mlflow.entities.Run, model_id: str, config: SweepConfig
+) -> str:
+    """Register the run's logged model in the Model Registry and point the alias at it."""
     if not client.search_registered_models(f"name = '{config.registered_model}'"):
         client.create_registered_model(config.registered_model)
     same_run = client.search_model_versions(
         f"name = '{config.registered_model}' AND run_id = '{run.info.run_id}'"
     )
     version = same_run[0] if same_run else client.create_model_version(
-        config.registered_model, f"{run.info.artifact_uri}/model.pt", run.info.run_id
+        config.registered_model, f"models:/{model_id}", run.info.run_id, model_id=model_id
     )  # fmt: skip
     client.set_registered_model_alias(config.registered_model, config.alias, version.version)
     return version.version
