@@ -48,3 +48,18 @@ def small_overrides(data_root: Path, tmp_path: Path) -> list[str]:
 @pytest.fixture
 def small_cfg(data_root: Path, tmp_path: Path) -> DictConfig:
     return compose_config(small_overrides(data_root, tmp_path))
+
+
+@pytest.fixture(scope="session")
+def trained_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with one small run, trained once per session: out/model.pt and the MLflow
+    store mlflow.db that holds the run and its logged model (about 95% test accuracy)."""
+    from mnist_sweep import experiment
+
+    folder = tmp_path_factory.mktemp("trained")
+    better = {"data.train_subset": "10000", "trainer.epochs": "2"}
+    overrides = [item for item in small_overrides(data_root, folder)
+                 if item.split("=")[0] not in better]  # fmt: skip
+    cfg = compose_config([*overrides, *(f"{key}={value}" for key, value in better.items())])
+    experiment.run(cfg, folder / "out")
+    return folder

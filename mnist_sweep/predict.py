@@ -1,0 +1,189 @@
+"""Which digit is in each picture: handwriting in image files, through the kept model.
+
+    python -m mnist_sweep.predict [--model M] [--json] [--preview OUT.png] PATH...
+
+PATH is an image file or a folder of them. Each picture is brought to MNIST's form
+(images.to_mnist) before the model sees it. --model takes a checkpoint (model.pt), a folder
+holding one, or an MLflow model URI (models:/mnist_sweep_mlp@champion, in the store that
+MLFLOW_TRACKING_URI names, ./mlflow.db by default); by default it is the newest
+multirun/*/best/model.pt under the current folder: what the last sweep run here kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mnist_sweep.images import ImageError, read_digit
+
+Predictor = Callable[[np.ndarray], np.ndarray]  # (N, 1, 28, 28) in [0, 1] -> (N, 10)
+KEPT = "multirun/*/best/model.pt"
+BATCH = 1000
+PREVIEW_LIMIT = 100  # pictures drawn on one preview sheet
+
+
+@dataclass
+class Reading:
+    """One picture: its path, as read, in MNIST's form, and the model's probabilities."""
+
+    path: Path
+    digit_image: np.ndarray
+    picture: Image.Image | None = None  # a thumbnail, kept for the preview only
+    probabilities: np.ndarray | None = None
+
+    def line(self, as_json: bool) -> str:
+        digit = int(self.probabilities.argmax())
+        probability = float(self.probabilities[digit])
+        if not as_json:
+            return f"{self.path}\t{digit}\t{probability:.4f}"
+        return json.dumps({"path": str(self.path), "digit": digit, "probability": probability,
+                           "probabilities": self.probabilities.tolist()})  # fmt: skip
+
+
+def load_predictor(model: str | None) -> Predictor:
+    """The model that `--model` names: a checkpoint, a folder with model.pt, an MLflow URI."""
+    if model is None:
+        return _checkpoint_predictor(newest_kept(Path.cwd()))
+    if ":/" in model and not Path(model).exists():
+        import mlflow
+
+        try:
+            return mlflow.pyfunc.load_model(model).predict
+        except mlflow.exceptions.MlflowException as error:
+            raise ValueError(f"{model}: {error.message}") from error
+    path = Path(model)
+    return _checkpoint_predictor(path / "model.pt" if path.is_dir() else path)
+
+
+def newest_kept(folder: Path) -> Path:
+    """The most recently written multirun/*/best/model.pt under `folder`."""
+    kept = sorted(folder.glob(KEPT), key=lambda path: path.stat().st_mtime)
+    if not kept:
+        raise FileNotFoundError(
+            f"no kept model: nothing matches {folder / KEPT}; run a sweep here "
+            "(python run.py -m) or pass --model"
+        )
+    return kept[-1]
+
+
+def _checkpoint_predictor(path: Path) -> Predictor:
+    import torch
+
+    from mnist_sweep.checkpoints import load_model
+
+    classifier = load_model(path)
+
+    def predictor(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return classifier(torch.from_numpy(images)).numpy()
+
+    return predictor
+
+
+def image_files(path: Path) -> list[Path]:
+    """`path`, or the image files in the folder `path` (by extension, sorted)."""
+    if not path.is_dir():
+        return [path]
+    extensions = Image.registered_extensions()
+    return sorted(file for file in path.iterdir() if file.suffix.lower() in extensions)
+
+
+def read_all(paths: list[Path], preview: bool = False) -> tuple[list[Reading], list[str]]:
+    """The readable pictures, and an error line for each file that is not one."""
+    readings, errors = [], []
+    for path in paths:
+        files = image_files(path)
+        if not files:
+            errors.append(f"error: {path}: no image files in this folder")
+        for file in files:
+            try:
+                digit_image, picture = read_digit(file)
+            except ImageError as error:
+                errors.append(f"error: {error}")
+                continue
+            readings.append(Reading(file, digit_image))
+            if preview and len(readings) <= PREVIEW_LIMIT:
+                picture.thumbnail((160, 160))
+                readings[-1].picture = picture
+    return readings, errors
+
+
+def classify(readings: list[Reading], predictor: Predictor) -> None:
+    """Fill in each reading's probabilities, BATCH pictures at a time."""
+    for start in range(0, len(readings), BATCH):
+        batch = readings[start : start + BATCH]
+        images = np.stack([reading.digit_image for reading in batch])[:, None]
+        for reading, row in zip(batch, predictor(images), strict=True):
+            reading.probabilities = np.asarray(row, np.float32)
+
+
+def draw_preview(readings: list[Reading], out: Path) -> None:
+    """A sheet: each picture as handed over, its 28x28 form, the digit and its probability."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = readings[:PREVIEW_LIMIT]
+    columns = min(len(shown), 5)
+    rows = -(-len(shown) // columns)
+    figure, axes = plt.subplots(rows, 2 * columns, figsize=(2.4 * columns, 1.5 * rows),
+                                squeeze=False)  # fmt: skip
+    for axis in axes.flat:
+        axis.axis("off")
+    for index, reading in enumerate(shown):
+        row, column = divmod(index, columns)
+        digit = int(reading.probabilities.argmax())
+        axes[row, 2 * column].imshow(reading.picture.convert("RGB"))
+        axes[row, 2 * column].set_title(reading.path.name[:18], fontsize=7)
+        axes[row, 2 * column + 1].imshow(reading.digit_image, cmap="gray", vmin=0, vmax=1)
+        axes[row, 2 * column + 1].set_title(
+            f"{digit} ({reading.probabilities[digit]:.1%})", fontsize=9
+        )
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Which digit is in each picture (PNG, JPEG, BMP, GIF, TIFF, WebP, ...)."
+    )
+    parser.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image or folder")
+    parser.add_argument(
+        "--model",
+        help=f"model.pt, a folder holding one, or an MLflow model URI such as "
+        f"models:/mnist_sweep_mlp@champion (default: the newest {KEPT} here)",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument(
+        "--preview", type=Path, metavar="OUT.png",
+        help=f"draw each picture, its 28x28 form and the prediction (first {PREVIEW_LIMIT})",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    try:
+        predictor = load_predictor(args.model)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    readings, errors = read_all(args.paths, preview=args.preview is not None)
+    for error in errors:
+        print(error, file=sys.stderr)
+    if readings:
+        classify(readings, predictor)
+        for reading in readings:
+            print(reading.line(args.json))
+        if args.preview:
+            draw_preview(readings, args.preview)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""python -m mnist_sweep.predict and images.to_mnist: handwriting in image files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import mnist_sweep
+from mnist_sweep.data import DataFiles, torchvision_dataset
+from mnist_sweep.images import CENTRE, ImageError, to_mnist
+from mnist_sweep.predict import main
+
+PAPER, PEN = np.array([250, 244, 228]), np.array([25, 40, 140])  # cream paper, blue ink
+
+
+@pytest.fixture(scope="module")
+def test_digits(data_root: Path) -> tuple[np.ndarray, np.ndarray]:
+    test = torchvision_dataset(DataFiles(str(data_root)), train=False)
+    return test.data.numpy(), test.targets.numpy()
+
+
+def handed_over(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """An MNIST digit as a person hands it over: dark ink on light paper, upscaled, off-centre
+    on a larger page, in colour."""
+    side = 28 * int(rng.integers(3, 8))
+    upscaled = Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC)
+    ink = np.clip(np.asarray(upscaled, np.float32) / 255, 0, 1)[..., None]
+    height, width = side + rng.integers(20, 240, size=2)
+    page = np.empty((height, width, 3), np.float32)
+    page[:] = PAPER
+    top, left = rng.integers(0, height - side), rng.integers(0, width - side)
+    page[top : top + side, left : left + side] = PAPER * (1 - ink) + PEN * ink
+    return Image.fromarray(page.round().astype(np.uint8))
+
+
+def predictions(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, list[dict], str]:
+    code = main(["--json", *args])
+    out, err = capsys.readouterr()
+    return code, [json.loads(line) for line in out.splitlines()], err
+
+
+def test_pictures_handed_over_score_within_a_point_of_the_raw_test_tensors(
+    trained_run: Path, test_digits, tmp_path: Path, capsys
+) -> None:
+    images, labels = test_digits[0][:600], test_digits[1][:600]
+    rng = np.random.default_rng(0)
+    for index, digit in enumerate(images):
+        suffix = ".jpg" if index % 3 == 0 else ".png"
+        handed_over(digit, rng).save(tmp_path / f"{index:04d}{suffix}", quality=90)
+    code, rows, err = predictions(capsys, "--model", str(trained_run / "out"), str(tmp_path))
+    assert code == 0 and err == "" and len(rows) == len(images)
+    from_files = np.mean([row["digit"] for row in rows] == labels)
+    model = mnist_sweep.load_model(trained_run / "out" / "model.pt")
+    with torch.no_grad():
+        raw = model(torch.from_numpy(images).unsqueeze(1).float() / 255).argmax(1).numpy()
+    assert abs(from_files - np.mean(raw == labels)) <= 0.01, (from_files, np.mean(raw == labels))
+    assert all(len(row["probabilities"]) == 10 for row in rows)
+    assert all(row["probability"] == max(row["probabilities"]) for row in rows)
+
+
+def test_an_mnist_digit_keeps_its_form_with_its_centre_of_mass_at_the_centre(
+    test_digits,
+) -> None:
+    digit = test_digits[0][0]
+    form = to_mnist(Image.fromarray(digit))
+    assert form.shape == (28, 28) and form.dtype == np.float32
+    assert np.abs(form - digit / 255).mean() < 0.03
+    mass = [(form.sum(1 - axis) * np.arange(28)).sum() / form.sum() for axis in (0, 1)]
+    np.testing.assert_allclose(mass, [CENTRE, CENTRE], atol=0.5)
+
+
+def test_light_on_dark_dark_on_light_and_a_transparent_canvas_give_one_form(test_digits):
+    digit = np.kron(test_digits[0][1], np.ones((4, 4), np.uint8))  # 112x112
+    light_on_dark = Image.fromarray(digit)
+    dark_on_light = Image.fromarray(255 - digit).convert("RGB")
+    canvas = Image.fromarray(np.zeros(digit.shape, np.uint8)).convert("RGBA")
+    canvas.putalpha(Image.fromarray(digit))
+    forms = [to_mnist(image) for image in (light_on_dark, dark_on_light, canvas)]
+    np.testing.assert_allclose(forms[1], forms[0], atol=1e-6)
+    np.testing.assert_allclose(forms[2], forms[0], atol=1e-6)
+
+
+def test_blank_pictures_have_no_ink() -> None:
+    for blank in (Image.new("L", (50, 40), 255), Image.new("RGB", (9, 9), (30, 30, 30))):
+        with pytest.raises(ImageError, match="no ink"):
+            to_mnist(blank)
+
+
+def test_every_bad_file_gets_an_error_line_and_the_others_are_still_predicted(
+    trained_run: Path, test_digits, tmp_path: Path, capsys
+) -> None:
+    handed_over(test_digits[0][0], np.random.default_rng(1)).save(tmp_path / "good.png")
+    (tmp_path / "notes.png").write_text("not a picture")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    Image.new("RGB", (80, 60), "white").save(tmp_path / "blank.png")
+    (tmp_path / "nothing_here").mkdir()
+    missing = tmp_path / "missing.png"
+    model = str(trained_run / "out" / "model.pt")
+    folders = [str(tmp_path), str(tmp_path / "nothing_here"), str(missing)]
+    code, rows, err = predictions(capsys, "--model", model, *folders)
+    assert code == 1
+    assert [row["path"] for row in rows] == [str(tmp_path / "good.png")]
+    lines = err.splitlines()
+    assert len(lines) == 5 and all(line.startswith("error: ") for line in lines)
+    for name in ("notes.png", "empty.jpg", "nothing_here", "missing.png"):
+        assert sum(name in line for line in lines) == 1, (name, lines)
+    assert any("blank.png: no ink" in line for line in lines)
+
+
+def test_text_lines_and_the_preview_sheet(trained_run: Path, test_digits, tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    for index in range(3):
+        handed_over(test_digits[0][index], rng).save(tmp_path / f"{index}.png")
+    preview = tmp_path / "sheet" / "preview.png"
+    preview.parent.mkdir()
+    assert main(["--model", str(trained_run / "out"), "--preview", str(preview),
+                 str(tmp_path)]) == 0  # fmt: skip
+    with Image.open(preview) as sheet:
+        assert sheet.format == "PNG" and sheet.width > 300
+
+
+def test_the_default_model_is_the_newest_kept_one(
+    trained_run: Path, tmp_path, monkeypatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.kron(np.eye(4, dtype=np.uint8) * 255, np.ones((5, 5), np.uint8))).save(
+        "one.png"
+    )
+    assert main(["one.png"]) == 2
+    assert "no kept model" in capsys.readouterr().err
+    for study, age in (("new", 0), ("old", 100)):
+        kept = tmp_path / "multirun" / study / "best" / "model.pt"
+        kept.parent.mkdir(parents=True)
+        shutil.copy(trained_run / "out" / "model.pt", kept)
+        os.utime(kept, (kept.stat().st_mtime - age,) * 2)
+    old = tmp_path / "multirun" / "old" / "best" / "model.pt"
+    old.write_bytes(b"damaged")
+    os.utime(old, (old.stat().st_mtime - 100,) * 2)
+    assert main(["one.png"]) == 0  # the damaged old one would fail
+
+
+def test_an_mlflow_model_uri_predicts_like_the_checkpoint(
+    trained_run: Path, test_digits, tmp_path, monkeypatch, capsys
+) -> None:
+    uri = f"sqlite:///{trained_run}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    [logged] = mlflow.MlflowClient(uri).search_logged_models(
+        [mlflow.MlflowClient(uri).get_experiment_by_name("mnist_sweep").experiment_id]
+    )
+    handed_over(test_digits[0][3], np.random.default_rng(3)).save(tmp_path / "3.png")
+    _, [by_uri], _ = predictions(capsys, "--model", logged.model_uri, str(tmp_path))
+    _, [by_file], _ = predictions(capsys, "--model", str(trained_run / "out"), str(tmp_path))
+    np.testing.assert_allclose(by_uri["probabilities"], by_file["probabilities"], rtol=1e-6)
+    assert main(["--model", "models:/no_such_model@champion", str(tmp_path)]) == 2
+    assert "no_such_model" in capsys.readouterr().err
