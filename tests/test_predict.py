@@ -15,30 +15,14 @@ from PIL import Image
 
 import mnist_sweep
 from mnist_sweep.data import DataFiles, torchvision_dataset
-from mnist_sweep.images import CENTRE, ImageError, to_mnist
+from mnist_sweep.images import CENTRE, ImageError, handed_over, to_mnist
 from mnist_sweep.predict import main
-
-PAPER, PEN = np.array([250, 244, 228]), np.array([25, 40, 140])  # cream paper, blue ink
 
 
 @pytest.fixture(scope="module")
 def test_digits(data_root: Path) -> tuple[np.ndarray, np.ndarray]:
     test = torchvision_dataset(DataFiles(str(data_root)), train=False)
     return test.data.numpy(), test.targets.numpy()
-
-
-def handed_over(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
-    """An MNIST digit as a person hands it over: dark ink on light paper, upscaled, off-centre
-    on a larger page, in colour."""
-    side = 28 * int(rng.integers(3, 8))
-    upscaled = Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC)
-    ink = np.clip(np.asarray(upscaled, np.float32) / 255, 0, 1)[..., None]
-    height, width = side + rng.integers(20, 240, size=2)
-    page = np.empty((height, width, 3), np.float32)
-    page[:] = PAPER
-    top, left = rng.integers(0, height - side), rng.integers(0, width - side)
-    page[top : top + side, left : left + side] = PAPER * (1 - ink) + PEN * ink
-    return Image.fromarray(page.round().astype(np.uint8))
 
 
 def predictions(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, list[dict], str]:
@@ -148,10 +132,10 @@ def test_the_default_model_is_the_newest_kept_one(
 
 
 def test_an_mlflow_model_uri_predicts_like_the_checkpoint(
-    trained_run: Path, test_digits, tmp_path, monkeypatch, capsys
+    trained_run: Path, test_digits, tmp_path, capsys
 ) -> None:
     uri = f"sqlite:///{trained_run}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)  # in a shell: MLFLOW_TRACKING_URI
     [logged] = mlflow.MlflowClient(uri).search_logged_models(
         [mlflow.MlflowClient(uri).get_experiment_by_name("mnist_sweep").experiment_id]
     )

@@ -81,6 +81,9 @@ def test_sweep_tracks_every_trial_under_its_sweep_and_keeps_the_best(
     assert accuracy >= 0.5
     champion = client.get_model_version_by_alias("mnist_sweep_mlp", "champion")
     assert champion.run_id == best_run.info.run_id
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    served = mlflow.pyfunc.load_model("models:/mnist_sweep_mlp@champion").predict(images.numpy())
+    torch.testing.assert_close(torch.from_numpy(served), model(images).detach())
 
 
 def test_cnn_sweep_searches_cnn_shapes_in_its_own_study(data_root: Path, tmp_path: Path) -> None:
@@ -94,6 +97,12 @@ def test_cnn_sweep_searches_cnn_shapes_in_its_own_study(data_root: Path, tmp_pat
     assert {run.data.params["data.augment.rotation"] for run in runs} == {"10.0"}
     model = mnist_sweep.load_model(tmp_path / "multirun" / "cnn_small" / "best" / "model.pt")
     assert model.net.hparams["arch"] == "cnn"
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    images = torch.rand(3, 1, 28, 28)
+    served = mlflow.pyfunc.load_model("models:/mnist_sweep_cnn_small@champion").predict(
+        images.numpy()
+    )
+    torch.testing.assert_close(torch.from_numpy(served), model(images).detach())
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
