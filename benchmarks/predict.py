@@ -6,7 +6,8 @@ Writes 1,000 MNIST test digits as people hand them over (images.handed_over: PNG
 on cream paper, upscaled 3-7x, off-centre) into a temporary folder, or into --samples DIR,
 which is kept. Times, as subprocesses, the CLI on one file and on the folder, and as the
 baseline in the same run the interpreter importing mnist_sweep.predict and torch alone; the
-median of --repeats each. Also prints the accuracy of the predictions on the 1,000 files.
+median of --repeats each. Also prints the accuracy of the predictions on the 1,000 files and
+on the same digits as test tensors.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 
 from mnist_sweep.data import DataFiles, torchvision_dataset
 from mnist_sweep.images import handed_over
+from mnist_sweep.predict import load_predictor
 
 IMAGES = 1000
 
@@ -72,7 +74,15 @@ def main() -> None:
     print(f"predict, 1 image: {one:.2f} s ({one / baseline:.2f}x the baseline)")
     print(f"predict, {IMAGES} image files: {many:.2f} s ({many / baseline:.2f}x the baseline); "
           f"{(many - one) / (IMAGES - 1) * 1000:.1f} ms per further image")  # fmt: skip
-    print(f"accuracy on the {IMAGES} files: {np.mean(np.array(digits) == labels):.4f}")
+    print(f"accuracy on the {IMAGES} files: {np.mean(np.array(digits) == labels):.4f}, "
+          f"on the same digits as test tensors: {tensor_accuracy(args, labels):.4f}")  # fmt: skip
+
+
+def tensor_accuracy(args: argparse.Namespace, labels: np.ndarray) -> float:
+    """The model's accuracy on the same test digits as raw tensors, not as pictures."""
+    test = torchvision_dataset(DataFiles(args.root), train=False)
+    images = (test.data[:IMAGES].unsqueeze(1).float() / 255).numpy()
+    return float(np.mean(load_predictor(args.model)(images).argmax(1) == labels))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@
 Times mlflow.pyfunc.load_model of the model (store: MLFLOW_TRACKING_URI, ./mlflow.db by
 default), serves it on a free local port and sends MNIST test digits as JSON
 {"inputs": N x 1 x 28 x 28}: 200 one-image requests (latency p50 and p95) and 20 requests of
-100 images (images per second). The baseline in the
-same run is the same model's pyfunc predict in this process on the same inputs.
+100 images (images per second). The baseline in the same run is the same model's pyfunc
+predict in this process on the same inputs.
 """
 
 from __future__ import annotations
