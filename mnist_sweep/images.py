@@ -30,7 +30,7 @@ def read_digit(path: Path | str) -> tuple[np.ndarray, Image.Image]:
     try:
         with Image.open(path) as opened:
             image = ImageOps.exif_transpose(opened)  # phone photos store their rotation apart
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
         raise ImageError(f"{path}: not an image Pillow can read ({error})") from error
     try:
         return to_mnist(image), image
