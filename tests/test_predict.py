@@ -61,6 +61,14 @@ def test_an_mnist_digit_keeps_its_form_with_its_centre_of_mass_at_the_centre(
     np.testing.assert_allclose(mass, [CENTRE, CENTRE], atol=0.5)
 
 
+def test_the_centre_is_mnists_mean_centre_of_mass(test_digits) -> None:
+    digits = test_digits[0].astype(np.float64)
+    total = digits.sum((1, 2))
+    rows = (digits.sum(2) * np.arange(28)).sum(1) / total
+    columns = (digits.sum(1) * np.arange(28)).sum(1) / total
+    np.testing.assert_allclose([rows.mean(), columns.mean()], [CENTRE, CENTRE], atol=0.05)
+
+
 def test_light_on_dark_dark_on_light_and_a_transparent_canvas_give_one_form(test_digits):
     digit = np.kron(test_digits[0][1], np.ones((4, 4), np.uint8))  # 112x112
     light_on_dark = Image.fromarray(digit)
