@@ -1,10 +1,12 @@
 """Many workers on one sweep, against real servers: PostgreSQL for the study, `mlflow server`
-(on PostgreSQL, proxying artifacts) for the runs. The servers start once per session."""
+(on PostgreSQL, proxying artifacts) for the runs, and a single-node SLURM cluster for trials
+and workers run as jobs. The servers start once per session."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -17,8 +19,8 @@ import mlflow
 import optuna
 import pytest
 from optuna.trial import TrialState
-from servers import MlflowServer, Postgres
-from test_sweep import sweep_command
+from servers import MlflowServer, Postgres, SlurmCluster
+from test_sweep import mlflow_runs, states, sweep_command
 
 from mnist_sweep.sweep.liveness import OWNER
 
@@ -37,6 +39,13 @@ def tracking_server(postgres: Postgres) -> Iterator[MlflowServer]:
     server = MlflowServer(postgres.create_database("mlflow"))
     yield server
     server.remove()
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator[SlurmCluster]:
+    cluster = SlurmCluster()
+    yield cluster
+    cluster.remove()
 
 
 class Sweep:
@@ -170,3 +179,74 @@ def test_a_tracking_server_restarted_mid_sweep_loses_nothing(
     assert {run.info.status for run in runs} == {"FINISHED"}
     assert all("val_accuracy" in run.data.metrics for run in runs)
     assert [trial.state for trial in sweep.study().trials] == [TrialState.COMPLETE] * 3
+
+
+def test_trials_run_as_slurm_jobs(slurm: SlurmCluster, data_root: Path, tmp_path: Path) -> None:
+    command = sweep_command(
+        data_root, "hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug",
+        "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10", "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=2", "sweep.min_test_accuracy=0.5",
+    )  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, env=slurm.env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert states(tmp_path) == [TrialState.COMPLETE] * 2
+    _, runs = mlflow_runs(tmp_path, "trial")
+    assert {run.info.status for run in runs} == {"FINISHED"} and len(runs) == 2
+    jobs = slurm.command("sacct", "-X", "-n", "-P", "-o", "JobName,State").split()
+    assert jobs.count("run|COMPLETED") == 2  # submitit names the jobs after run.py
+
+
+class WorkerJob:
+    """A worker, `python run.py -m`, submitted as a SLURM batch job."""
+
+    def __init__(self, slurm: SlurmCluster, sweep: Sweep, folder: Path, *overrides: str):
+        script = shlex.join(sweep_command(sweep.data_root, *sweep.overrides, *overrides))
+        self.slurm = slurm
+        self.id = slurm.command(
+            "sbatch", "--parsable", "--requeue", f"--chdir={folder}",
+            f"--output={folder}/worker-%j.out", "--wrap", script,
+        ).strip()  # fmt: skip
+
+    def state(self) -> str:
+        out = self.slurm.command("sacct", "-X", "-n", "-P", "-o", "State", "-j", self.id)
+        return out.strip().split("\n")[-1].split()[0] if out.strip() else "PENDING"
+
+
+def running_trial_with_its_run(sweep: Sweep) -> optuna.trial.FrozenTrial | None:
+    numbers = {run.data.tags.get("mnist_sweep.trial_number") for run in sweep.runs()}
+    running = sweep.trials(TrialState.RUNNING)
+    return next((trial for trial in running if str(trial.number) in numbers), None)
+
+
+def test_a_requeued_worker_job_fails_its_trial_and_resumes_the_study(
+    slurm: SlurmCluster, postgres: Postgres, tracking_server: MlflowServer, data_root: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    sweep = Sweep("slurm_requeue", postgres, tracking_server, data_root)
+    worker = WorkerJob(slurm, sweep, tmp_path, "hydra.sweeper.n_trials=3", "trainer.epochs=2")
+    victim = wait_for(lambda: running_trial_with_its_run(sweep))
+    slurm.command("scontrol", "requeue", worker.id)  # as SLURM does on preemption
+    wait_for(lambda: sweep.trials()[victim.number].state is TrialState.FAIL, GRACE_S + 5)
+    slurm.command("scontrol", "release", worker.id)  # requeued jobs may be held
+    wait_for(lambda: worker.state() == "COMPLETED", 300, 1)
+    states = [trial.state for trial in sweep.trials()]
+    assert states.count(TrialState.COMPLETE) == 3 and TrialState.RUNNING not in states
+    runs = {run.data.tags["mnist_sweep.trial_number"]: run for run in sweep.runs()}
+    assert runs[str(victim.number)].info.status == "FAILED"
+
+
+def test_a_cancelled_worker_job_leaves_nothing_running(
+    slurm: SlurmCluster, postgres: Postgres, tracking_server: MlflowServer, data_root: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    sweep = Sweep("slurm_cancel", postgres, tracking_server, data_root)
+    worker = WorkerJob(slurm, sweep, tmp_path, "hydra.sweeper.n_trials=3", "trainer.epochs=3")
+    victim = wait_for(lambda: running_trial_with_its_run(sweep))
+    slurm.command("scancel", worker.id)
+    wait_for(lambda: worker.state() == "CANCELLED", 60, 0.5)
+    # SIGTERM fails the trial at once; a worker killed outright would take the grace period.
+    wait_for(lambda: not sweep.trials(TrialState.RUNNING), GRACE_S + 5)
+    assert sweep.trials()[victim.number].state is TrialState.FAIL
+    runs = {run.data.tags["mnist_sweep.trial_number"]: run for run in sweep.runs()}
+    assert runs[str(victim.number)].info.status == "FAILED"

@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import logging
 import os
+import signal
 import socket
 import threading
 import warnings
@@ -47,6 +48,16 @@ def process_is_gone(owner: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def stop_on_sigterm_as_on_ctrl_c() -> None:
+    """SIGTERM (scancel, SLURM preemption or time limit, docker stop) ends the sweep as Ctrl-C
+    does: the trials in flight are failed at once, instead of after the grace period."""
+
+    def interrupt(number: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {number}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def ask(study: optuna.Study) -> optuna.Trial:

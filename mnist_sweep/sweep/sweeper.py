@@ -54,14 +54,18 @@ class SweepFailedError(RuntimeError):
 
 @contextlib.contextmanager
 def interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C until the block ends, so that asking for a trial and recording who runs it,
-    or telling a finished trial's result, is never cut in half."""
+    """Hold Ctrl-C (and SIGTERM) until the block ends, so that asking for a trial and recording
+    who runs it, or telling a finished trial's result, is never cut in half."""
     received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    previous = {
+        number: signal.signal(number, lambda number, frame: received.append(number))
+        for number in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     if received:
         raise KeyboardInterrupt
 
@@ -123,6 +127,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         )
         for name in fixed:
             distributions.pop(name, None)
+        liveness.stop_on_sigterm_as_on_ctrl_c()
         study = optuna.create_study(
             study_name=self.study_name, storage=self.storage, sampler=self.sampler,
             directions=self._get_directions(), load_if_exists=True,
