@@ -6,6 +6,7 @@ ends it. A server that cannot start raises ServerError with its log: the tests f
 
 from __future__ import annotations
 
+import glob
 import os
 import pwd
 import shutil
@@ -19,7 +20,9 @@ from pathlib import Path
 
 # PostgreSQL refuses to run as root; Debian's package creates this user.
 POSTGRES_USER = "postgres"
-PG_BIN = Path(shutil.which("pg_ctl") or "/usr/lib/postgresql/15/bin/pg_ctl").resolve().parent
+# Debian keeps pg_ctl and initdb in /usr/lib/postgresql/<version>/bin, off PATH.
+PG_CTL = shutil.which("pg_ctl") or max(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), default="")
+PG_BIN = Path(PG_CTL).resolve().parent
 
 
 class ServerError(RuntimeError):

@@ -55,19 +55,23 @@ class Sweep:
         self.name, self.tracking = name, tracking
         self.storage = postgres.create_database(name)
         self.overrides = [
-            f"hydra.sweeper.storage={postgres.url(name)}", f"mlflow.tracking_uri={tracking.url}",
-            f"hydra.sweeper.study_name={name}", f"mlflow.experiment_name={name}",
-            f"sweep.registered_model={name}", "sweep.min_test_accuracy=0.5",
+            f"hydra.sweeper.storage={postgres.url(name)}", f"hydra.sweeper.study_name={name}",
+            f"mlflow.experiment_name={name}", f"sweep.registered_model={name}",
+            "sweep.min_test_accuracy=0.5",
             f"hydra.sweeper.heartbeat_interval={HEARTBEAT_S}",
             f"hydra.sweeper.grace_period={GRACE_S}",
         ]  # fmt: skip
         self.data_root = data_root
+        # The tracking server comes from MLflow's variable, as the README shows.
+        self.env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.url}
 
     def start(self, folder: Path, *overrides: str) -> subprocess.Popen:
         """A worker: `python run.py -m` with the sweep's overrides; its log goes to a file."""
         command = sweep_command(self.data_root, *self.overrides, *overrides)
         with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".log", delete=False) as log:
-            worker = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+            worker = subprocess.Popen(
+                command, cwd=folder, stdout=log, stderr=subprocess.STDOUT, env=self.env
+            )
         worker.log = Path(log.name)
         return worker
 
@@ -134,7 +138,7 @@ def test_a_worker_killed_mid_trial_is_failed_and_replaced_within_the_grace_perio
 ) -> None:
     sweep = Sweep("killed_worker", postgres, tracking_server, data_root)
     # Longer trials, so that the survivor is busy training when the grace period runs out.
-    longer = ["hydra.sweeper.n_trials=4", "trainer.epochs=3"]
+    longer = ["hydra.sweeper.n_trials=3", "trainer.epochs=2"]
     doomed, survivor = sweep.start(tmp_path, *longer), sweep.start(tmp_path, *longer)
     doomed_owner = f"{socket.gethostname()}:{doomed.pid}"
 
@@ -158,27 +162,27 @@ def test_a_worker_killed_mid_trial_is_failed_and_replaced_within_the_grace_perio
 
     finish(survivor)  # it ends by itself, with the failed trial replaced
     states = [trial.state for trial in sweep.study().trials]
-    assert states.count(TrialState.COMPLETE) == 4 and states.count(TrialState.FAIL) == 1
+    assert states.count(TrialState.COMPLETE) == 3 and states.count(TrialState.FAIL) == 1
     runs = {run.data.tags["mnist_sweep.trial_number"]: run for run in sweep.runs()}
     assert runs[str(victim.number)].info.status == "FAILED"
-    assert sum(run.info.status == "FINISHED" for run in runs.values()) == 4
+    assert sum(run.info.status == "FINISHED" for run in runs.values()) == 3
 
 
 def test_a_tracking_server_restarted_mid_sweep_loses_nothing(
     postgres: Postgres, tracking_server: MlflowServer, data_root: Path, tmp_path: Path
 ) -> None:
     sweep = Sweep("server_restart", postgres, tracking_server, data_root)
-    worker = sweep.start(tmp_path, "hydra.sweeper.n_trials=3", "trainer.epochs=2")
+    worker = sweep.start(tmp_path, "hydra.sweeper.n_trials=2")
     wait_for(lambda: any(run.info.status == "FINISHED" for run in sweep.runs()))
     tracking_server.stop()
     time.sleep(3)  # seconds of downtime while the worker trains and logs
     tracking_server.start()
     finish(worker)
     runs = sweep.runs()
-    assert sorted(run.data.tags["mnist_sweep.trial_number"] for run in runs) == ["0", "1", "2"]
+    assert sorted(run.data.tags["mnist_sweep.trial_number"] for run in runs) == ["0", "1"]
     assert {run.info.status for run in runs} == {"FINISHED"}
     assert all("val_accuracy" in run.data.metrics for run in runs)
-    assert [trial.state for trial in sweep.study().trials] == [TrialState.COMPLETE] * 3
+    assert [trial.state for trial in sweep.study().trials] == [TrialState.COMPLETE] * 2
 
 
 def test_trials_run_as_slurm_jobs(slurm: SlurmCluster, data_root: Path, tmp_path: Path) -> None:
@@ -205,6 +209,7 @@ class WorkerJob:
         self.slurm = slurm
         self.id = slurm.command(
             "sbatch", "--parsable", "--requeue", f"--chdir={folder}",
+            f"--export=ALL,MLFLOW_TRACKING_URI={sweep.tracking.url}",
             f"--output={folder}/worker-%j.out", "--wrap", script,
         ).strip()  # fmt: skip
 
@@ -224,14 +229,15 @@ def test_a_requeued_worker_job_fails_its_trial_and_resumes_the_study(
     tmp_path: Path,
 ) -> None:  # fmt: skip
     sweep = Sweep("slurm_requeue", postgres, tracking_server, data_root)
-    worker = WorkerJob(slurm, sweep, tmp_path, "hydra.sweeper.n_trials=3", "trainer.epochs=2")
+    worker = WorkerJob(slurm, sweep, tmp_path, "hydra.sweeper.n_trials=2", "trainer.epochs=2")
     victim = wait_for(lambda: running_trial_with_its_run(sweep))
     slurm.command("scontrol", "requeue", worker.id)  # as SLURM does on preemption
     wait_for(lambda: sweep.trials()[victim.number].state is TrialState.FAIL, GRACE_S + 5)
-    slurm.command("scontrol", "release", worker.id)  # requeued jobs may be held
+    # SLURM holds a requeued job back for a while (its begin time); start it now.
+    slurm.command("scontrol", "update", f"JobId={worker.id}", "StartTime=now")
     wait_for(lambda: worker.state() == "COMPLETED", 300, 1)
     states = [trial.state for trial in sweep.trials()]
-    assert states.count(TrialState.COMPLETE) == 3 and TrialState.RUNNING not in states
+    assert states.count(TrialState.COMPLETE) == 2 and TrialState.RUNNING not in states
     runs = {run.data.tags["mnist_sweep.trial_number"]: run for run in sweep.runs()}
     assert runs[str(victim.number)].info.status == "FAILED"
 

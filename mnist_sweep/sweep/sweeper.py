@@ -40,7 +40,6 @@ from optuna.trial import TrialState
 
 from mnist_sweep.sweep import liveness
 from mnist_sweep.sweep.sampling import make_sampler
-from mnist_sweep.sweep.schema import register_schema
 from mnist_sweep.sweep.storage import make_storage
 
 log = logging.getLogger(__name__)
@@ -98,7 +97,11 @@ def consecutive_runs(numbers: list[int]) -> list[slice]:
 
 class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
     def __init__(
-        self, storage: Any, heartbeat_interval: int, grace_period: int, **options: Any
+        self,
+        storage: Any,
+        heartbeat_interval: int | None = None,
+        grace_period: int | None = None,
+        **options: Any,
     ) -> None:
         storage = make_storage(storage, heartbeat_interval, grace_period, self._worker_gone)
         super().__init__(storage=storage, **options)
@@ -233,4 +236,3 @@ class ResumableOptunaSweeper(OptunaSweeper):
 def register() -> None:
     """Let Hydra instantiate ResumableOptunaSweeper (it lives outside hydra_plugins)."""
     Plugins.instance().register(ResumableOptunaSweeper)
-    register_schema()
