@@ -55,23 +55,20 @@ class Sweep:
         self.name, self.tracking = name, tracking
         self.storage = postgres.create_database(name)
         self.overrides = [
-            f"hydra.sweeper.storage={postgres.url(name)}", f"hydra.sweeper.study_name={name}",
-            f"mlflow.experiment_name={name}", f"sweep.registered_model={name}",
+            f"hydra.sweeper.storage={postgres.url(name)}", f"mlflow.tracking_uri={tracking.url}",
+            f"hydra.sweeper.study_name={name}", f"mlflow.experiment_name={name}",
+            f"sweep.registered_model={name}",
             "sweep.min_test_accuracy=0.5",
             f"hydra.sweeper.heartbeat_interval={HEARTBEAT_S}",
             f"hydra.sweeper.grace_period={GRACE_S}",
         ]  # fmt: skip
         self.data_root = data_root
-        # The tracking server comes from MLflow's variable, as the README shows.
-        self.env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.url}
 
     def start(self, folder: Path, *overrides: str) -> subprocess.Popen:
         """A worker: `python run.py -m` with the sweep's overrides; its log goes to a file."""
         command = sweep_command(self.data_root, *self.overrides, *overrides)
         with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".log", delete=False) as log:
-            worker = subprocess.Popen(
-                command, cwd=folder, stdout=log, stderr=subprocess.STDOUT, env=self.env
-            )
+            worker = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
         worker.log = Path(log.name)
         return worker
 
@@ -209,7 +206,6 @@ class WorkerJob:
         self.slurm = slurm
         self.id = slurm.command(
             "sbatch", "--parsable", "--requeue", f"--chdir={folder}",
-            f"--export=ALL,MLFLOW_TRACKING_URI={sweep.tracking.url}",
             f"--output={folder}/worker-%j.out", "--wrap", script,
         ).strip()  # fmt: skip
 

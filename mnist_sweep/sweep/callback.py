@@ -6,7 +6,6 @@ started `python run.py -m`, before the first and after the last trial.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,6 @@ from mnist_sweep.config import to_run_config
 from mnist_sweep.sweep import summary
 from mnist_sweep.sweep.job import sweep_id
 from mnist_sweep.sweep.keep import keep_best
-
-log = logging.getLogger(__name__)
 
 
 class SweepCallback(Callback):
