@@ -248,8 +248,11 @@ class RunConfig:
 
 
 def register_schema() -> None:
-    """Make `run_schema` available to conf/config.yaml's defaults list."""
+    """Make `run_schema` and the sweeper's schema available to conf/config.yaml's defaults."""
+    from mnist_sweep.sweep import schema
+
     ConfigStore.instance().store(name="run_schema", node=RunConfig, replace=True)
+    schema.register_schema()
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:

@@ -127,6 +127,7 @@ SWEEP_ID = "mnist_sweep.sweep_id"
 TRIAL = "mnist_sweep.trial"
 ROLE = "mnist_sweep.role"
 OWNER = "mnist_sweep.owner"
+TRIAL_NUMBER = "mnist_sweep.trial_number"  # the Optuna trial number (Hydra's job number)
 
 
 def sweep_runs(
@@ -162,11 +163,22 @@ def client_for(config: MlflowConfig) -> tuple[mlflow.MlflowClient, str]:
     return mlflow.MlflowClient(config.tracking_uri), experiment
 
 
-def trial_tags(config: MlflowConfig, sweep_id: str, trial: str, owner: str) -> dict[str, str]:
+def trial_tags(
+    config: MlflowConfig, sweep_id: str, trial: str, number: int, owner: str
+) -> dict[str, str]:
     """Tags that nest a trial's run under its sweep's parent run in the MLflow UI."""
     client, experiment = client_for(config)
     parent = sweep_parent(client, experiment, sweep_id)
-    tags = {SWEEP_ID: sweep_id, TRIAL: trial, ROLE: "trial", OWNER: owner}
+    tags = {SWEEP_ID: sweep_id, TRIAL: trial, TRIAL_NUMBER: str(number), ROLE: "trial",
+            OWNER: owner}  # fmt: skip
     if parent is not None:
         tags["mlflow.parentRunId"] = parent.info.run_id
     return tags
+
+
+def fail_trial_runs(config: MlflowConfig, sweep_id: str, number: int) -> None:
+    """Mark FAILED the RUNNING MLflow runs of trial `number` of a sweep (its worker is gone)."""
+    client, experiment = client_for(config)
+    for run in sweep_runs(client, experiment, sweep_id, "trial", "RUNNING"):
+        if run.data.tags.get(TRIAL_NUMBER) == str(number):
+            client.set_terminated(run.info.run_id, "FAILED")

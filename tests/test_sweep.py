@@ -212,17 +212,20 @@ def test_abandoned_trials_are_those_of_dead_or_missing_owners(monkeypatch) -> No
     study = optuna.create_study()
     trial = study.ask()
     frozen = lambda: study.get_trials(deepcopy=False)[0]  # noqa: E731
-    assert not liveness.is_abandoned(frozen())  # just asked: its owner is being recorded
+    assert not liveness.is_abandoned(frozen(), by_pid=True)  # just asked: being claimed
     monkeypatch.setattr(liveness, "OWNER_GRACE_S", -1.0)
-    assert liveness.is_abandoned(frozen())  # nobody claimed it
+    assert liveness.is_abandoned(frozen(), by_pid=True)  # nobody claimed it
     study._storage.set_trial_system_attr(trial._trial_id, liveness.OWNER, liveness.this_process())
-    assert not liveness.is_abandoned(frozen())
+    assert not liveness.is_abandoned(frozen(), by_pid=True)
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               capture_output=True, text=True, check=True)  # fmt: skip
     dead = f"{os.uname().nodename}:{finished.stdout.strip()}"
     study._storage.set_trial_system_attr(trial._trial_id, liveness.OWNER, dead)
-    assert liveness.is_abandoned(frozen())
-    assert liveness.fail_abandoned_trials(study) == [0]
+    assert liveness.is_abandoned(frozen(), by_pid=True)
+    assert not liveness.is_abandoned(frozen(), by_pid=False)  # heartbeats judge it instead
+    failed = []
+    liveness.fail_abandoned_trials(study, lambda _, trial: failed.append(trial.number))
+    assert failed == [0]
     assert study.trials[0].state is TrialState.FAIL
 
 

@@ -6,7 +6,6 @@ started `python run.py -m`, before the first and after the last trial.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,6 @@ from mnist_sweep.config import to_run_config
 from mnist_sweep.sweep import summary
 from mnist_sweep.sweep.job import sweep_id
 from mnist_sweep.sweep.keep import keep_best
-from mnist_sweep.sweep.liveness import process_is_gone
-
-log = logging.getLogger(__name__)
 
 
 class SweepCallback(Callback):
@@ -29,11 +25,8 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         client, experiment = tracking.client_for(to_run_config(config).mlflow)
         identity = sweep_id(config.hydra)
+        # Runs of trials whose worker is gone are failed by the sweeper with their trials.
         tracking.sweep_parent(client, experiment, identity, create=True)
-        for run in tracking.sweep_runs(client, experiment, identity, "trial", "RUNNING"):
-            if process_is_gone(run.data.tags.get(tracking.OWNER, "")):
-                log.warning("Marking MLflow run %s FAILED: its process is gone", run.info.run_id)
-                client.set_terminated(run.info.run_id, "FAILED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         run_config = to_run_config(config)

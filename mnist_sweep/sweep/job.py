@@ -16,10 +16,12 @@ from mnist_sweep.sweep.liveness import this_process
 
 @dataclass
 class SweepJob:
-    """Where a multirun job belongs: its sweep, and its trial's name (its output folder)."""
+    """Where a multirun job belongs: its sweep, its trial's name (its output folder) and number
+    (Hydra's job number, which the sweeper makes the Optuna trial number)."""
 
     sweep_id: str
     trial: str
+    number: int
 
 
 def sweep_id(hydra_cfg: DictConfig) -> str:
@@ -32,10 +34,11 @@ def current_job() -> SweepJob | None:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return None
-    return SweepJob(sweep_id(hydra_cfg), Path(hydra_cfg.runtime.output_dir).name)
+    name = Path(hydra_cfg.runtime.output_dir).name
+    return SweepJob(sweep_id(hydra_cfg), name, hydra_cfg.job.num)
 
 
 def job_tags(config: MlflowConfig, job: SweepJob | None) -> dict[str, str]:
     if job is None:
         return {}
-    return tracking.trial_tags(config, job.sweep_id, job.trial, this_process())
+    return tracking.trial_tags(config, job.sweep_id, job.trial, job.number, this_process())

@@ -1,18 +1,35 @@
-"""Which RUNNING trials are abandoned: their process is gone, or none ever claimed them."""
+"""Which RUNNING trials are abandoned, and failing them so that another worker replaces them.
+
+With a database storage, liveness is Optuna's heartbeat: the worker that asked for a trial
+records a heartbeat of it every `heartbeat_interval` seconds until it tells the result, and any
+worker, on any host, fails a trial silent for longer than `grace_period`. The journal file has
+no heartbeats; there a trial is abandoned when its owner ("host:pid") is a process of this
+machine that no longer runs, which is what one machine sharing a journal file needs.
+Either way a trial nobody claimed within OWNER_GRACE_S (its worker died between asking for it
+and recording its owner) is abandoned too.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
+import signal
 import socket
+import threading
+import warnings
+from collections.abc import Callable, Iterator
 
 import optuna
-from optuna.trial import TrialState
+from optuna.storages import fail_stale_trials
+from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
+from optuna.trial import FrozenTrial, TrialState
 
 log = logging.getLogger(__name__)
 OWNER = "mnist_sweep.owner"
 OWNER_GRACE_S = 10.0
+OnFailed = Callable[[optuna.Study, FrozenTrial], None]
 
 
 def this_process() -> str:
@@ -33,25 +50,90 @@ def process_is_gone(owner: str) -> bool:
     return False
 
 
-def is_abandoned(trial: optuna.trial.FrozenTrial) -> bool:
-    """A RUNNING trial whose process died, or that no process claimed within OWNER_GRACE_S
-    (killed between asking for it and recording its owner)."""
+def stop_on_sigterm_as_on_ctrl_c() -> None:
+    """SIGTERM (scancel, SLURM preemption or time limit, docker stop) ends the sweep as Ctrl-C
+    does: the trials in flight are failed at once, instead of after the grace period."""
+
+    def interrupt(number: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {number}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def ask(study: optuna.Study) -> optuna.Trial:
+    """A new trial, with its first heartbeat recorded and this process as its owner."""
+    with warnings.catch_warnings():
+        # Optuna warns that heartbeats are meant for Study.optimize; heartbeat() below is
+        # what optimize does around each trial, for our ask-and-tell loop.
+        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+        trial = study.ask()
+    if is_heartbeat_enabled(study._storage):
+        study._storage.record_heartbeat(trial._trial_id)
+    study._storage.set_trial_system_attr(trial._trial_id, OWNER, this_process())
+    return trial
+
+
+@contextlib.contextmanager
+def heartbeat(study: optuna.Study, trial: optuna.Trial, on_failed: OnFailed) -> Iterator[None]:
+    """Optuna's heartbeat of `trial` while the block runs (nothing for a journal).
+
+    Meanwhile other workers' stale trials are failed at the same pace, so that a dead worker's
+    trial is failed within its grace period even while every live worker is busy training.
+    """
+    if not is_heartbeat_enabled(study._storage):
+        yield
+        return
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=watch, args=(study, on_failed, stop), name="stale-trials", daemon=True
+    )
+    with get_heartbeat_thread(trial._trial_id, study._storage):
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join()
+
+
+def watch(study: optuna.Study, on_failed: OnFailed, stop: threading.Event) -> None:
+    """Fail abandoned trials every heartbeat interval until `stop` is set."""
+    while not stop.wait(study._storage.get_heartbeat_interval()):
+        try:
+            fail_abandoned_trials(study, on_failed)
+        except Exception as error:  # the database may be away for a moment; try again later
+            log.warning("Could not check for stale trials: %s", error)
+
+
+def is_abandoned(trial: FrozenTrial, by_pid: bool) -> bool:
+    """Nobody claimed it within OWNER_GRACE_S, or (`by_pid`) its process here is gone."""
     owner = trial.system_attrs.get(OWNER)
     if owner is None:
         age = datetime.datetime.now() - trial.datetime_start
         return age.total_seconds() > OWNER_GRACE_S
-    return process_is_gone(owner)
+    return by_pid and process_is_gone(owner)
 
 
-def fail_abandoned_trials(study: optuna.Study) -> list[int]:
-    """Mark FAIL the RUNNING trials whose process died (Ctrl-C, crash, kill); returns them."""
-    abandoned = [
-        trial.number
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if is_abandoned(trial)
-    ]
-    for number in abandoned:
+def fail_abandoned_trials(study: optuna.Study, on_failed: OnFailed) -> None:
+    """Mark FAIL the RUNNING trials whose worker is gone, calling `on_failed` for each.
+
+    Heartbeat-stale trials go through Optuna's `fail_stale_trials`, which calls the
+    storage's stale-trial callback (make_storage sets it to `on_failed` too).
+    """
+    heartbeats = is_heartbeat_enabled(study._storage)
+    if heartbeats:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            fail_stale_trials(study)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if is_abandoned(trial, by_pid=not heartbeats) and fail(study, trial.number):
+            on_failed(study, study._storage.get_trial(trial._trial_id))
+
+
+def fail(study: optuna.Study, number: int) -> bool:
+    """Tell trial `number` FAIL unless another worker already ended it; True if we did."""
+    try:
         study.tell(number, state=TrialState.FAIL)
-    if abandoned:
-        log.warning("Marked trials %s FAIL: their process is gone", abandoned)
-    return abandoned
+    except (RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError):
+        return False
+    return True

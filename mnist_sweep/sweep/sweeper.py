@@ -4,7 +4,10 @@ Differences from `hydra_plugins.hydra_optuna_sweeper` (whose search-space parsin
 - `n_trials` counts COMPLETE trials in the study (and those RUNNING in other processes), so a
   resumed sweep runs only what is missing and cooperating processes do not overshoot; a
   process whose share is done waits for the others' trials, to replace any that fail;
-- trials left RUNNING by a dead process on this machine are marked FAIL when a sweep starts;
+- trials left RUNNING by a dead worker are marked FAIL (Optuna) and FAILED (MLflow) and
+  replaced: by heartbeat with a database storage, by process id on this machine with the
+  journal file (liveness.py);
+- each trial's sampler is seeded from (seed, trial number), so workers never draw alike;
 - a failed trial is told FAIL and replaced, until failures exceed `max_failure_rate * n_trials`;
 - Hydra's job number is the Optuna trial number, so output folders never collide on resume;
 - comma lists on the command line alone (`optimizer=adam,sgd`) run a plain grid, as Hydra's
@@ -27,7 +30,6 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn
-from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import (
     OptunaSweeperImpl,
     create_params_from_overrides,
@@ -36,7 +38,8 @@ from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from mnist_sweep.sweep.liveness import OWNER, fail_abandoned_trials, this_process
+from mnist_sweep.sweep import liveness
+from mnist_sweep.sweep.sampling import make_sampler
 from mnist_sweep.sweep.storage import make_storage
 
 log = logging.getLogger(__name__)
@@ -50,14 +53,18 @@ class SweepFailedError(RuntimeError):
 
 @contextlib.contextmanager
 def interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C until the block ends, so that asking for a trial and recording who runs it,
-    or telling a finished trial's result, is never cut in half."""
+    """Hold Ctrl-C (and SIGTERM) until the block ends, so that asking for a trial and recording
+    who runs it, or telling a finished trial's result, is never cut in half."""
     received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    previous = {
+        number: signal.signal(number, lambda number, frame: received.append(number))
+        for number in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     if received:
         raise KeyboardInterrupt
 
@@ -89,6 +96,30 @@ def consecutive_runs(numbers: list[int]) -> list[slice]:
 
 
 class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
+    def __init__(
+        self,
+        storage: Any,
+        heartbeat_interval: int | None = None,
+        grace_period: int | None = None,
+        **options: Any,
+    ) -> None:
+        storage = make_storage(storage, heartbeat_interval, grace_period, self._worker_gone)
+        super().__init__(storage=storage, **options)
+
+    def _worker_gone(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Trial `trial` was failed because its worker is gone: fail its MLflow run too."""
+        from mnist_sweep import tracking
+        from mnist_sweep.config import to_run_config
+        from mnist_sweep.sweep.job import sweep_id
+
+        log.warning("Marked trial %d FAIL: its worker is gone", trial.number)
+        try:
+            tracking.fail_trial_runs(
+                to_run_config(self.config).mlflow, sweep_id(self.config.hydra), trial.number
+            )
+        except Exception as error:  # the study goes on; the run stays RUNNING in MLflow
+            log.warning("Could not mark trial %d's MLflow run FAILED: %s", trial.number, error)
+
     def sweep(self, arguments: list[str]) -> None:
         if is_grid(arguments):
             self._sweep_grid(arguments)
@@ -99,11 +130,12 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         )
         for name in fixed:
             distributions.pop(name, None)
+        liveness.stop_on_sigterm_as_on_ctrl_c()
         study = optuna.create_study(
             study_name=self.study_name, storage=self.storage, sampler=self.sampler,
             directions=self._get_directions(), load_if_exists=True,
         )  # fmt: skip
-        fail_abandoned_trials(study)
+        liveness.fail_abandoned_trials(study, self._worker_gone)
         log.info("Study %s: %d of %d trials to run", study.study_name,
                  missing(study, self.n_trials), self.n_trials)  # fmt: skip
         failures = 0
@@ -112,7 +144,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                 # Other processes' trials are in flight: wait, in case one fails and needs
                 # replacing, so that every process ends with n_trials complete.
                 time.sleep(WAIT_FOR_OTHERS_S)
-                fail_abandoned_trials(study)
+                liveness.fail_abandoned_trials(study, self._worker_gone)
                 continue
             size = min(self.n_jobs, to_ask)
             failures += self._run_batch(study, size, (distributions, fixed, fixed_overrides))
@@ -130,15 +162,16 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         """
         trials: list[optuna.Trial] = []
         try:
-            with interrupts_deferred():
-                for _ in range(size):
-                    trials.append(study.ask())
-                    study._storage.set_trial_system_attr(
-                        trials[-1]._trial_id, OWNER, this_process()
-                    )
-            returns = self._launch(trials, self._configure_trials(trials, *space))
-            with interrupts_deferred():
-                told = [self._tell(study, t, r) for t, r in zip(trials, returns, strict=True)]
+            with contextlib.ExitStack() as heartbeats:
+                with interrupts_deferred():
+                    for _ in range(size):
+                        trials.append(liveness.ask(study))
+                        heartbeats.enter_context(
+                            liveness.heartbeat(study, trials[-1], self._worker_gone)
+                        )
+                returns = self._launch(trials, self._configure_trials(trials, *space))
+                with interrupts_deferred():
+                    told = [self._tell(study, t, r) for t, r in zip(trials, returns, strict=True)]
         except BaseException:
             for trial in trials:
                 if study._storage.get_trial(trial._trial_id).state is TrialState.RUNNING:
@@ -164,9 +197,10 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                 raise ValueError(f"objective is {value}")
         except Exception as error:
             log.warning("Trial %d failed: %s", trial.number, error)
-            study.tell(trial, state=TrialState.FAIL)
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             return False
-        study.tell(trial, value)
+        # skip_if_finished: another worker may have failed it as stale (a long pause here).
+        study.tell(trial, value, skip_if_finished=True)
         return True
 
     def _save_results(self, study: optuna.Study) -> None:
@@ -195,12 +229,8 @@ class ResumableOptunaSweeper(OptunaSweeper):
     `storage` may also be a config with a `_target_`, such as Optuna's JournalStorage.
     """
 
-    def __init__(self, sampler: Any, storage: Any, **options: Any) -> None:
-        self.sweeper = ResumableOptunaSweeperImpl(
-            sampler=instantiate(sampler, _execution_whitelist_=("optuna.samplers.*",)),
-            storage=make_storage(storage),
-            **options,
-        )
+    def __init__(self, sampler: Any, **options: Any) -> None:
+        self.sweeper = ResumableOptunaSweeperImpl(sampler=make_sampler(sampler), **options)
 
 
 def register() -> None:

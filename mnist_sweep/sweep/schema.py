@@ -1,0 +1,26 @@
+"""The sweeper's config schema: Hydra's Optuna sweeper options plus worker liveness."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hydra.core.config_store import ConfigStore
+from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+
+
+@dataclass
+class ResumableOptunaSweeperConf(OptunaSweeperConf):
+    _target_: str = "mnist_sweep.sweep.sweeper.ResumableOptunaSweeper"
+    # With a database storage, each worker records a heartbeat of its running trials every
+    # `heartbeat_interval` seconds; a trial silent for `grace_period` seconds is failed and
+    # replaced by any worker, on any host (Optuna's heartbeat mechanism).
+    heartbeat_interval: int = 10
+    grace_period: int = 60
+
+
+def register_schema() -> None:
+    """Make `hydra/sweeper: resumable_optuna` available to conf/config.yaml's defaults list."""
+    ConfigStore.instance().store(
+        group="hydra/sweeper", name="resumable_optuna", node=ResumableOptunaSweeperConf,
+        provider="mnist_sweep",
+    )  # fmt: skip

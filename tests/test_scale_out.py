@@ -1,0 +1,254 @@
+"""Many workers on one sweep, against real servers: PostgreSQL for the study, `mlflow server`
+(on PostgreSQL, proxying artifacts) for the runs, and a single-node SLURM cluster for trials
+and workers run as jobs. The servers start once per session."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+from servers import MlflowServer, Postgres, SlurmCluster
+from test_sweep import mlflow_runs, states, sweep_command
+
+from mnist_sweep.sweep.liveness import OWNER
+
+HEARTBEAT_S, GRACE_S = 1, 4
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    server = Postgres()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="session")
+def tracking_server(postgres: Postgres) -> Iterator[MlflowServer]:
+    server = MlflowServer(postgres.create_database("mlflow"))
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator[SlurmCluster]:
+    cluster = SlurmCluster()
+    yield cluster
+    cluster.remove()
+
+
+class Sweep:
+    """One study on the servers, with its own database, experiment and registered model."""
+
+    def __init__(self, name: str, postgres: Postgres, tracking: MlflowServer, data_root: Path):
+        self.name, self.tracking = name, tracking
+        self.storage = postgres.create_database(name)
+        self.overrides = [
+            f"hydra.sweeper.storage={postgres.url(name)}", f"mlflow.tracking_uri={tracking.url}",
+            f"hydra.sweeper.study_name={name}", f"mlflow.experiment_name={name}",
+            f"sweep.registered_model={name}",
+            "sweep.min_test_accuracy=0.5",
+            f"hydra.sweeper.heartbeat_interval={HEARTBEAT_S}",
+            f"hydra.sweeper.grace_period={GRACE_S}",
+        ]  # fmt: skip
+        self.data_root = data_root
+
+    def start(self, folder: Path, *overrides: str) -> subprocess.Popen:
+        """A worker: `python run.py -m` with the sweep's overrides; its log goes to a file."""
+        command = sweep_command(self.data_root, *self.overrides, *overrides)
+        with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".log", delete=False) as log:
+            worker = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+        worker.log = Path(log.name)
+        return worker
+
+    def study(self) -> optuna.Study:
+        return optuna.load_study(study_name=self.name, storage=self.storage)
+
+    def trials(self, *states: TrialState) -> list[optuna.trial.FrozenTrial]:
+        """The study's trials (in `states`), none before a worker created the study."""
+        with contextlib.suppress(KeyError):
+            return self.study().get_trials(states=states or None)
+        return []
+
+    def runs(self, role: str = "trial") -> list[mlflow.entities.Run]:
+        client = mlflow.MlflowClient(self.tracking.url)
+        experiment = client.get_experiment_by_name(self.name)
+        if experiment is None:
+            return []
+        query = f"tags.`mnist_sweep.role` = '{role}'"
+        return client.search_runs([experiment.experiment_id], query)
+
+
+def finish(process: subprocess.Popen, timeout_s: float = 600) -> None:
+    """Wait for a worker; it must succeed (else show the end of its log)."""
+    if process.wait(timeout=timeout_s) != 0:
+        pytest.fail(process.log.read_text()[-3000:])
+
+
+def wait_for(condition, timeout_s: float = 300, every_s: float = 0.1):
+    """Poll until `condition()` returns something true, and return it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if found := condition():
+            return found
+        time.sleep(every_s)
+    raise TimeoutError(f"{condition} not met within {timeout_s} s")
+
+
+def test_two_workers_share_one_study_to_exactly_n_trials_with_distinct_draws(
+    postgres: Postgres, tracking_server: MlflowServer, data_root: Path, tmp_path: Path
+) -> None:
+    sweep = Sweep("two_workers", postgres, tracking_server, data_root)
+    workers = [sweep.start(tmp_path, "hydra.sweeper.n_trials=4") for _ in range(2)]
+    for worker in workers:
+        finish(worker)
+    trials = sweep.study().trials
+    assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 4
+    assert len({tuple(sorted(trial.params.items())) for trial in trials}) == 4
+    assert len({trial.system_attrs[OWNER] for trial in trials}) == 2  # both workers ran some
+    runs = sweep.runs()
+    assert sorted(int(run.data.tags["mnist_sweep.trial_number"]) for run in runs) == [0, 1, 2, 3]
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    assert all(run.info.artifact_uri.startswith("mlflow-artifacts:/") for run in runs)
+    [parent] = sweep.runs("sweep")
+    assert parent.info.status == "FINISHED" and parent.data.metrics["finished_trials"] == 4
+    assert (tmp_path / "multirun" / sweep.name / "best" / "model.pt").exists()
+    champion = mlflow.MlflowClient(tracking_server.url).get_model_version_by_alias(
+        sweep.name, "champion"
+    )
+    assert champion.source.startswith("mlflow-artifacts:/")
+
+
+def test_a_worker_killed_mid_trial_is_failed_and_replaced_within_the_grace_period(
+    postgres: Postgres, tracking_server: MlflowServer, data_root: Path, tmp_path: Path
+) -> None:
+    sweep = Sweep("killed_worker", postgres, tracking_server, data_root)
+    # Longer trials, so that the survivor is busy training when the grace period runs out.
+    longer = ["hydra.sweeper.n_trials=3", "trainer.epochs=2"]
+    doomed, survivor = sweep.start(tmp_path, *longer), sweep.start(tmp_path, *longer)
+    doomed_owner = f"{socket.gethostname()}:{doomed.pid}"
+
+    def doomed_trial_in_its_run() -> list[optuna.trial.FrozenTrial]:
+        running = sweep.trials(TrialState.RUNNING)
+        mine = [t for t in running if t.system_attrs.get(OWNER) == doomed_owner]
+        numbers = {run.data.tags.get("mnist_sweep.trial_number") for run in sweep.runs()}
+        return [t for t in mine if str(t.number) in numbers]
+
+    [victim] = wait_for(doomed_trial_in_its_run)
+    # No signal handler runs, nothing is told: as when a host is lost. Liveness by process id
+    # is not used with heartbeats, so the survivor judges this worker as if it ran elsewhere.
+    os.kill(doomed.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    doomed.wait()
+    wait_for(lambda: sweep.trials()[victim.number].state is TrialState.FAIL, 60, 0.05)
+    failed_after_s = time.monotonic() - killed_at
+    # Its last heartbeat came at most HEARTBEAT_S before the kill; the survivor checks every
+    # HEARTBEAT_S while training (every 2 s while waiting).
+    assert GRACE_S - HEARTBEAT_S - 0.5 <= failed_after_s <= GRACE_S + 3
+
+    finish(survivor)  # it ends by itself, with the failed trial replaced
+    states = [trial.state for trial in sweep.study().trials]
+    assert states.count(TrialState.COMPLETE) == 3 and states.count(TrialState.FAIL) == 1
+    runs = {run.data.tags["mnist_sweep.trial_number"]: run for run in sweep.runs()}
+    assert runs[str(victim.number)].info.status == "FAILED"
+    assert sum(run.info.status == "FINISHED" for run in runs.values()) == 3
+
+
+def test_a_tracking_server_restarted_mid_sweep_loses_nothing(
+    postgres: Postgres, tracking_server: MlflowServer, data_root: Path, tmp_path: Path
+) -> None:
+    sweep = Sweep("server_restart", postgres, tracking_server, data_root)
+    worker = sweep.start(tmp_path, "hydra.sweeper.n_trials=2")
+    wait_for(lambda: any(run.info.status == "FINISHED" for run in sweep.runs()))
+    tracking_server.stop()
+    time.sleep(3)  # seconds of downtime while the worker trains and logs
+    tracking_server.start()
+    finish(worker)
+    runs = sweep.runs()
+    assert sorted(run.data.tags["mnist_sweep.trial_number"] for run in runs) == ["0", "1"]
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    assert all("val_accuracy" in run.data.metrics for run in runs)
+    assert [trial.state for trial in sweep.study().trials] == [TrialState.COMPLETE] * 2
+
+
+def test_trials_run_as_slurm_jobs(slurm: SlurmCluster, data_root: Path, tmp_path: Path) -> None:
+    command = sweep_command(
+        data_root, "hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug",
+        "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10", "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=2", "sweep.min_test_accuracy=0.5",
+    )  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, env=slurm.env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert states(tmp_path) == [TrialState.COMPLETE] * 2
+    _, runs = mlflow_runs(tmp_path, "trial")
+    assert {run.info.status for run in runs} == {"FINISHED"} and len(runs) == 2
+    jobs = slurm.command("sacct", "-X", "-n", "-P", "-o", "JobName,State").split()
+    assert jobs.count("run|COMPLETED") == 2  # submitit names the jobs after run.py
+
+
+class WorkerJob:
+    """A worker, `python run.py -m`, submitted as a SLURM batch job."""
+
+    def __init__(self, slurm: SlurmCluster, sweep: Sweep, folder: Path, *overrides: str):
+        script = shlex.join(sweep_command(sweep.data_root, *sweep.overrides, *overrides))
+        self.slurm = slurm
+        self.id = slurm.command(
+            "sbatch", "--parsable", "--requeue", f"--chdir={folder}",
+            f"--output={folder}/worker-%j.out", "--wrap", script,
+        ).strip()  # fmt: skip
+
+    def state(self) -> str:
+        out = self.slurm.command("sacct", "-X", "-n", "-P", "-o", "State", "-j", self.id)
+        return out.strip().split("\n")[-1].split()[0] if out.strip() else "PENDING"
+
+
+def running_trial_with_its_run(sweep: Sweep) -> optuna.trial.FrozenTrial | None:
+    numbers = {run.data.tags.get("mnist_sweep.trial_number") for run in sweep.runs()}
+    running = sweep.trials(TrialState.RUNNING)
+    return next((trial for trial in running if str(trial.number) in numbers), None)
+
+
+def test_a_requeued_worker_job_fails_its_trial_and_resumes_the_study(
+    slurm: SlurmCluster, postgres: Postgres, tracking_server: MlflowServer, data_root: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    sweep = Sweep("slurm_requeue", postgres, tracking_server, data_root)
+    worker = WorkerJob(slurm, sweep, tmp_path, "hydra.sweeper.n_trials=2", "trainer.epochs=2")
+    victim = wait_for(lambda: running_trial_with_its_run(sweep))
+    slurm.command("scontrol", "requeue", worker.id)  # as SLURM does on preemption
+    wait_for(lambda: sweep.trials()[victim.number].state is TrialState.FAIL, GRACE_S + 5)
+    # SLURM holds a requeued job back for a while (its begin time); start it now.
+    slurm.command("scontrol", "update", f"JobId={worker.id}", "StartTime=now")
+    wait_for(lambda: worker.state() == "COMPLETED", 300, 1)
+    states = [trial.state for trial in sweep.trials()]
+    assert states.count(TrialState.COMPLETE) == 2 and TrialState.RUNNING not in states
+    runs = {run.data.tags["mnist_sweep.trial_number"]: run for run in sweep.runs()}
+    assert runs[str(victim.number)].info.status == "FAILED"
+
+
+def test_a_cancelled_worker_job_leaves_nothing_running(
+    slurm: SlurmCluster, postgres: Postgres, tracking_server: MlflowServer, data_root: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    sweep = Sweep("slurm_cancel", postgres, tracking_server, data_root)
+    worker = WorkerJob(slurm, sweep, tmp_path, "hydra.sweeper.n_trials=3", "trainer.epochs=3")
+    victim = wait_for(lambda: running_trial_with_its_run(sweep))
+    slurm.command("scancel", worker.id)
+    wait_for(lambda: worker.state() == "CANCELLED", 60, 0.5)
+    # SIGTERM fails the trial at once; a worker killed outright would take the grace period.
+    wait_for(lambda: not sweep.trials(TrialState.RUNNING), GRACE_S + 5)
+    assert sweep.trials()[victim.number].state is TrialState.FAIL
+    runs = {run.data.tags["mnist_sweep.trial_number"]: run for run in sweep.runs()}
+    assert runs[str(victim.number)].info.status == "FAILED"

@@ -1,0 +1,57 @@
+"""Where a study lives: the journal config, database URLs, heartbeat settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from mnist_sweep.config import register_schema
+from mnist_sweep.sweep.storage import database_url, make_storage
+
+from conftest import CONF_DIR
+
+
+def test_heartbeat_settings_are_sweeper_options_with_defaults() -> None:
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        default = compose("config", return_hydra_config=True).hydra.sweeper
+        changed = compose("config", ["hydra.sweeper.heartbeat_interval=5"],
+                          return_hydra_config=True).hydra.sweeper  # fmt: skip
+    assert (default.heartbeat_interval, default.grace_period) == (10, 60)
+    assert changed.heartbeat_interval == 5
+
+
+def test_postgresql_urls_use_psycopg_3_and_others_are_left_alone() -> None:
+    assert database_url("postgresql://u@h:5/db") == "postgresql+psycopg://u@h:5/db"
+    assert database_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert database_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_a_database_url_gets_optuna_heartbeats(tmp_path: Path) -> None:
+    storage = make_storage(f"sqlite:///{tmp_path}/optuna.db", 2, 7)
+    assert isinstance(storage, optuna.storages.RDBStorage)
+    assert (storage.heartbeat_interval, storage.grace_period) == (2, 7)
+
+
+def test_the_journal_config_is_instantiated(tmp_path: Path) -> None:
+    config = OmegaConf.create({
+        "_target_": "optuna.storages.JournalStorage",
+        "log_storage": {"_target_": "optuna.storages.journal.JournalFileBackend",
+                        "file_path": str(tmp_path / "journal.log")},
+    })  # fmt: skip
+    assert isinstance(make_storage(config, 2, 7), optuna.storages.JournalStorage)
+
+
+@pytest.mark.parametrize(
+    ("interval", "grace", "message"),
+    [(0, 10, "heartbeat_interval=0"), (5, -1, "grace_period=-1"), (10, 10, "must exceed")],
+)
+def test_bad_heartbeat_settings_are_refused_by_name(
+    tmp_path: Path, interval: int, grace: int, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_storage(f"sqlite:///{tmp_path}/optuna.db", interval, grace)
