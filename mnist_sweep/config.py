@@ -9,6 +9,8 @@ from enum import StrEnum
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from mnist_sweep.sweep.schema import register_sweeper_schema
+
 
 class ConfigError(ValueError):
     """A config value that type-checks but makes no sense (names the key)."""
@@ -250,6 +252,7 @@ class RunConfig:
 def register_schema() -> None:
     """Make `run_schema` available to conf/config.yaml's defaults list."""
     ConfigStore.instance().store(name="run_schema", node=RunConfig, replace=True)
+    register_sweeper_schema()
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:

@@ -1,0 +1,28 @@
+"""The sweeper's config schema: Hydra's Optuna sweeper options plus `pruner`.
+
+Light on purpose (no Optuna import): config.register_schema stores it before composing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+
+
+@dataclass
+class ResumableOptunaSweeperConf(OptunaSweeperConf):
+    _target_: str = "mnist_sweep.sweep.sweeper.ResumableOptunaSweeper"
+    # An Optuna pruner as a config with `_target_` (optuna.pruners.MedianPruner, ...);
+    # None: every trial trains its full budget.
+    pruner: Any = None
+
+
+def register_sweeper_schema() -> None:
+    """Make `hydra/sweeper: resumable_optuna` available to conf/config.yaml's defaults list."""
+    ConfigStore.instance().store(
+        group="hydra/sweeper", name="resumable_optuna", node=ResumableOptunaSweeperConf,
+        provider="mnist_sweep",
+    )  # fmt: skip
