@@ -9,7 +9,7 @@ from enum import StrEnum
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from mnist_sweep.sweep.schema import register_sweeper_schema
+from mnist_sweep.sweep import schema
 
 
 class ConfigError(ValueError):
@@ -252,7 +252,7 @@ class RunConfig:
 def register_schema() -> None:
     """Make `run_schema` available to conf/config.yaml's defaults list."""
     ConfigStore.instance().store(name="run_schema", node=RunConfig, replace=True)
-    register_sweeper_schema()
+    schema.register_schema()  # hydra/sweeper: resumable_optuna, which config.yaml selects
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:

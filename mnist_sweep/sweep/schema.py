@@ -1,7 +1,4 @@
-"""The sweeper's config schema: Hydra's Optuna sweeper options plus `pruner`.
-
-Light on purpose (no Optuna import): config.register_schema stores it before composing.
-"""
+"""The sweeper's config schema: Hydra's Optuna sweeper options plus pruning."""
 
 from __future__ import annotations
 
@@ -15,12 +12,12 @@ from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 @dataclass
 class ResumableOptunaSweeperConf(OptunaSweeperConf):
     _target_: str = "mnist_sweep.sweep.sweeper.ResumableOptunaSweeper"
-    # An Optuna pruner as a config with `_target_` (optuna.pruners.MedianPruner, ...);
-    # None: every trial trains its full budget.
+    # An Optuna pruner as a config with `_target_` (optuna.pruners.MedianPruner, ...) that
+    # each trial's job consults after every epoch; None: every trial trains its full budget.
     pruner: Any = None
 
 
-def register_sweeper_schema() -> None:
+def register_schema() -> None:
     """Make `hydra/sweeper: resumable_optuna` available to conf/config.yaml's defaults list."""
     ConfigStore.instance().store(
         group="hydra/sweeper", name="resumable_optuna", node=ResumableOptunaSweeperConf,
