@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
 from mnist_sweep import tracking
+from mnist_sweep.sweep.job import is_optuna_trial
 from mnist_sweep.sweep.storage import make_storage
 from mnist_sweep.training import EpochMetrics
 
@@ -39,7 +40,7 @@ def current_trial() -> optuna.Trial | None:
     """The running multirun job's trial when its sweep prunes, else None."""
     hydra_cfg = HydraConfig.get()
     sweeper = hydra_cfg.sweeper
-    if sweeper.get("pruner") is None:
+    if sweeper.get("pruner") is None or not is_optuna_trial(hydra_cfg):
         return None
     study = optuna.load_study(
         study_name=sweeper.study_name, storage=make_storage(sweeper.storage),

@@ -44,12 +44,13 @@ from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from mnist_sweep.sweep.job import GRID_PREFIX
 from mnist_sweep.sweep.liveness import OWNER, fail_abandoned_trials, this_process
 from mnist_sweep.sweep.pruning import make_pruner
 from mnist_sweep.sweep.storage import make_storage
 
 log = logging.getLogger(__name__)
-GRID_SUBDIR = "grid_${now:%Y%m%d-%H%M%S}_${hydra.job.num}"
+GRID_SUBDIR = GRID_PREFIX + "${now:%Y%m%d-%H%M%S}_${hydra.job.num}"
 WAIT_FOR_OTHERS_S = 2.0
 
 
@@ -236,8 +237,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
             self.hydra_context, self.config, self.launcher
         )  # fmt: skip
         # Its own folders, so a grid never overwrites the trial_N folders of an Optuna study.
-        # No trial for a grid job to report to: it never prunes.
-        grid.sweep([*arguments, f"hydra.sweep.subdir={GRID_SUBDIR}", "hydra.sweeper.pruner=null"])
+        grid.sweep([*arguments, f"hydra.sweep.subdir={GRID_SUBDIR}"])
 
 
 class ResumableOptunaSweeper(OptunaSweeper):
