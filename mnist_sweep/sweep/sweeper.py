@@ -129,7 +129,8 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         try:
             while True:
                 while len(in_flight) < slots and missing(study, self.n_trials) > 0:
-                    in_flight.add(trial := self._ask(study))
+                    with interrupts_deferred():
+                        in_flight.add(trial := self._ask(study))
                     overrides = self._configure_trials([trial], *space)[0]
                     self._start(trial, overrides, finished, threaded=slots > 1)
                 if not in_flight:
@@ -163,9 +164,8 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
 
     def _ask(self, study: optuna.Study) -> optuna.Trial:
         """A new trial, with this process recorded as the one running it."""
-        with interrupts_deferred():
-            trial = study.ask()
-            study._storage.set_trial_system_attr(trial._trial_id, OWNER, this_process())
+        trial = study.ask()
+        study._storage.set_trial_system_attr(trial._trial_id, OWNER, this_process())
         return trial
 
     def _start(
