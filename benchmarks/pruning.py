@@ -1,8 +1,10 @@
 """The default sweep with and without pruning, with the same sampler seeds.
 
     python benchmarks/pruning.py [--seeds 0 1 2] [--trials 20] \
-        [--pruner 'median={_target_:optuna.pruners.MedianPruner,n_startup_trials:5}'] \
-        [overrides...]
+        [--pruner 'median=pruner=median hydra.sweeper.pruner.n_startup_trials=3'] \
+        [--pruner halving=pruner=halving] [overrides...]
+
+Each --pruner is NAME=OVERRIDES (space-separated); the unpruned sweep runs with `~pruner`.
 
 After one untimed warm-up sweep, for each seed, runs `python run.py -m` once unpruned and once
 per pruner, one after another in temporary folders, and prints per sweep: wall time, epochs
@@ -31,10 +33,7 @@ import mlflow
 import optuna
 
 RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
-DEFAULT_PRUNERS = [
-    "median={_target_:optuna.pruners.MedianPruner,n_startup_trials:5}",
-    "halving={_target_:optuna.pruners.SuccessiveHalvingPruner,min_resource:1,reduction_factor:3}",
-]
+DEFAULT_PRUNERS = ["median=pruner=median", "halving=pruner=halving"]
 
 
 @dataclass
@@ -99,21 +98,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--pruner", action="append", help="name={pruner config}")
+    parser.add_argument("--pruner", action="append", help="NAME=OVERRIDES")
     args, overrides = parser.parse_known_args()
-    pruners = dict(p.split("=", 1) for p in args.pruner or DEFAULT_PRUNERS)
+    pruners = {"none": ["~pruner"]}
+    for option in args.pruner or DEFAULT_PRUNERS:
+        name, chosen = option.split("=", 1)
+        pruners[name] = chosen.split()
     print(f"machine: {platform.machine()}, Python {platform.python_version()}; "
           f"trials {args.trials}, seeds {args.seeds}, overrides {overrides}")  # fmt: skip
-    results: dict[str, list[Sweep]] = {"none": [], **{name: [] for name in pruners}}
+    results: dict[str, list[Sweep]] = {name: [] for name in pruners}
     with tempfile.TemporaryDirectory() as folder:  # untimed: warms caches for the first sweep
         run_sweep(Path(folder), ["hydra.sweeper.n_trials=1", "trainer.epochs=1", *overrides])
     for seed in args.seeds:
         common = [f"hydra.sweeper.n_trials={args.trials}", f"hydra.sweeper.sampler.seed={seed}",
                   *overrides]  # fmt: skip
         for name in results:
-            pruner = f"hydra.sweeper.pruner={pruners[name]}" if name in pruners else None
             with tempfile.TemporaryDirectory() as folder:
-                sweep = run_sweep(Path(folder), [*common, *filter(None, [pruner])])
+                sweep = run_sweep(Path(folder), [*common, *pruners[name]])
             results[name].append(sweep)
             print(
                 f"seed {seed} {name:>8}: {sweep.wall_s:6.0f} s, {sweep.epochs:3d} epochs, "

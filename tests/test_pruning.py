@@ -21,8 +21,9 @@ from test_sweep import mlflow_runs, run_sweep, states, study, sweep_command
 from mnist_sweep.sweep.pruning import make_pruner
 from mnist_sweep.sweep.sweeper import ResumableOptunaSweeperImpl
 
-# Any validation accuracy is below 1.0, so every trial is pruned after its first epoch.
-ALWAYS = "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:1.0}"
+# In place of the default pruner: any validation accuracy is below 1.0, so every trial is
+# pruned after its first epoch.
+ALWAYS = ["~pruner", "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:1.0}"]
 SMALL = ["data.train_subset=1000", "model.hidden_sizes=[64,32]", "trainer.epochs=2"]
 
 
@@ -41,7 +42,7 @@ def assert_all_pruned_at_first_epoch(folder: Path, n_trials: int) -> None:
 def test_a_sweep_whose_pruner_prunes_every_trial_keeps_nothing(
     data_root: Path, tmp_path: Path
 ) -> None:
-    done = run_sweep(tmp_path, data_root, *SMALL, "hydra.sweeper.n_trials=2", ALWAYS)
+    done = run_sweep(tmp_path, data_root, *SMALL, "hydra.sweeper.n_trials=2", *ALWAYS)
     assert_all_pruned_at_first_epoch(tmp_path, 2)
     assert "kept nothing" in done.stderr + done.stdout
     assert not (tmp_path / "multirun" / "mlp" / "best").exists()
@@ -60,7 +61,7 @@ def test_a_median_pruned_sweep_keeps_the_best_complete_trial(
     run_sweep(
         tmp_path, data_root, *SMALL, "hydra.sweeper.n_trials=5", "sweep.min_test_accuracy=0.5",
         "hydra.sweeper.sampler.seed=4", "optimizer.lr=choice(3e-3,1e-5)",
-        "hydra.sweeper.pruner={_target_:optuna.pruners.MedianPruner,n_startup_trials:2}",
+        "pruner=median", "hydra.sweeper.pruner.n_startup_trials=2",
     )  # fmt: skip
     trials = study(tmp_path).trials
     assert [t.params["optimizer.lr"] for t in trials[:4]] == [3e-3, 3e-3, 1e-5, 1e-5]
@@ -78,13 +79,13 @@ def test_a_median_pruned_sweep_keeps_the_best_complete_trial(
 def test_pruning_in_joblib_workers(data_root: Path, tmp_path: Path) -> None:
     run_sweep(
         tmp_path, data_root, *SMALL, "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2",
-        "hydra.sweeper.n_trials=3", ALWAYS,
+        "hydra.sweeper.n_trials=3", *ALWAYS,
     )  # fmt: skip
     assert_all_pruned_at_first_epoch(tmp_path, 3)
 
 
 def test_pruning_in_two_cooperating_processes(data_root: Path, tmp_path: Path) -> None:
-    command = sweep_command(data_root, *SMALL, "hydra.sweeper.n_trials=4", ALWAYS)
+    command = sweep_command(data_root, *SMALL, "hydra.sweeper.n_trials=4", *ALWAYS)
     processes = [
         subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         for _ in range(2)
@@ -95,7 +96,7 @@ def test_pruning_in_two_cooperating_processes(data_root: Path, tmp_path: Path) -
 
 
 def test_a_resumed_sweep_keeps_pruned_trials_pruned(data_root: Path, tmp_path: Path) -> None:
-    overrides = [*SMALL, "trainer.epochs=30", "hydra.sweeper.n_trials=4", ALWAYS]
+    overrides = [*SMALL, "trainer.epochs=30", "hydra.sweeper.n_trials=4", *ALWAYS]
     process = subprocess.Popen(
         sweep_command(data_root, *overrides), cwd=tmp_path,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -121,7 +122,7 @@ def test_a_resumed_sweep_keeps_pruned_trials_pruned(data_root: Path, tmp_path: P
 
 
 def test_a_grid_never_prunes(data_root: Path, tmp_path: Path) -> None:
-    run_sweep(tmp_path, data_root, *SMALL, "optimizer=adam,sgd", ALWAYS)
+    run_sweep(tmp_path, data_root, *SMALL, "optimizer=adam,sgd", *ALWAYS)
     _, runs = mlflow_runs(tmp_path, "trial")
     assert [run.info.status for run in runs] == ["FINISHED"] * 2
 
