@@ -22,6 +22,7 @@ from mnist_sweep.evaluate import report_and_log
 from mnist_sweep.evaluation import predict
 from mnist_sweep.explore import show5_png
 from mnist_sweep.models import Network, build_model
+from mnist_sweep.sweep import pruning
 from mnist_sweep.sweep.job import SweepJob, job_tags
 from mnist_sweep.training import EpochMetrics, fit
 
@@ -41,11 +42,12 @@ def run(cfg: DictConfig, output_dir: Path, job: SweepJob | None = None) -> float
         dataset = _log_dataset(config)
         model = build_model(config.model).to(target)
         augment = make_augment(config.data.augment, target, config.trainer.seed)
+        trial = pruning.current_trial() if job is not None else None
         training_started = time.perf_counter()
-        with _progress(config) as on_epoch:
+        with _progress(config) as on_epoch, pruning.ends_killed_when_pruned():
             history = fit(
                 model, loaders.train, loaders.val, config.optimizer, config.trainer, target,
-                on_epoch, augment,
+                pruning.reporting(on_epoch, trial), augment,
             )  # fmt: skip
         train_seconds = time.perf_counter() - training_started
         # One pass over the test set serves the test metrics and the evaluation report.

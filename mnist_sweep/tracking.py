@@ -93,6 +93,16 @@ def log_metrics(
     mlflow.log_metrics(dict(metrics), step=step, model_id=model_id, dataset=dataset)
 
 
+def set_tags(tags: Mapping[str, str]) -> None:
+    """Tag the active run."""
+    mlflow.set_tags(dict(tags))
+
+
+def end_run(status: str) -> None:
+    """End the active run with `status` (FINISHED, FAILED or KILLED)."""
+    mlflow.end_run(status)
+
+
 def log_artifacts(paths: list[Path], folder: str | None = None) -> None:
     """Copy files into the active run's artifacts (into `folder` if given)."""
     for path in paths:
@@ -128,6 +138,7 @@ TRIAL = "mnist_sweep.trial"
 ROLE = "mnist_sweep.role"
 OWNER = "mnist_sweep.owner"
 TRIAL_NUMBER = "mnist_sweep.trial_number"  # the Optuna trial number (Hydra's job number)
+PRUNED_AT_EPOCH = "mnist_sweep.pruned_at_epoch"  # on a trial's run that its pruner stopped
 
 
 def sweep_runs(

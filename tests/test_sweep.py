@@ -20,7 +20,7 @@ import mnist_sweep
 from mnist_sweep.data import DataFiles, torchvision_dataset
 from mnist_sweep.sweep import liveness
 from mnist_sweep.sweep.liveness import process_is_gone
-from mnist_sweep.sweep.sweeper import consecutive_runs, is_grid
+from mnist_sweep.sweep.sweeper import is_grid
 
 RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
 
@@ -234,6 +234,5 @@ def test_grid_detection_and_helpers() -> None:
     assert not is_grid(["optimizer.lr=tag(log, interval(1e-4, 1e-1))"])
     assert not is_grid(["optimizer=choice(adam,sgd)"])
     assert not is_grid([])
-    assert consecutive_runs([4, 5, 7, 8, 9]) == [slice(0, 2), slice(2, 5)]
     assert not process_is_gone(f"{os.uname().nodename}:{os.getpid()}")
     assert not process_is_gone("another-host:1")

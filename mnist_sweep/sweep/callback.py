@@ -33,7 +33,8 @@ class SweepCallback(Callback):
         client, experiment = tracking.client_for(run_config.mlflow)
         identity = sweep_id(config.hydra)
         parent = tracking.sweep_parent(client, experiment, identity, create=True)
-        trials = tracking.sweep_runs(client, experiment, identity, "trial", "FINISHED")
+        trials = tracking.sweep_runs(client, experiment, identity, "trial")
         summary.log_summary(client, parent.info.run_id, trials, config.hydra)
-        keep_best(client, trials, run_config.sweep, Path(config.hydra.sweep.dir) / "best")
+        finished = [run for run in trials if run.info.status == "FINISHED"]
+        keep_best(client, finished, run_config.sweep, Path(config.hydra.sweep.dir) / "best")
         client.set_terminated(parent.info.run_id, "FINISHED")

@@ -13,6 +13,8 @@ from mnist_sweep import tracking
 from mnist_sweep.config import MlflowConfig
 from mnist_sweep.sweep.liveness import this_process
 
+GRID_PREFIX = "grid_"
+
 
 @dataclass
 class SweepJob:
@@ -27,6 +29,12 @@ class SweepJob:
 def sweep_id(hydra_cfg: DictConfig) -> str:
     """The study name when the sweeper has one, else the sweep folder."""
     return hydra_cfg.sweeper.get("study_name") or str(Path(hydra_cfg.sweep.dir).resolve())
+
+
+def is_optuna_trial(hydra_cfg: DictConfig) -> bool:
+    """True for a job the Optuna sweeper launched (its job number is its trial number), False
+    for one of a plain grid's jobs (whose folders the sweeper names GRID_PREFIX...)."""
+    return not Path(hydra_cfg.runtime.output_dir).name.startswith(GRID_PREFIX)
 
 
 def current_job() -> SweepJob | None:

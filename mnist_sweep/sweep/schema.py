@@ -1,8 +1,10 @@
-"""The sweeper's config schema: Hydra's Optuna sweeper options plus worker liveness."""
+"""The sweeper's config schema: Hydra's Optuna sweeper options plus worker liveness and
+pruning."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
@@ -16,6 +18,9 @@ class ResumableOptunaSweeperConf(OptunaSweeperConf):
     # replaced by any worker, on any host (Optuna's heartbeat mechanism).
     heartbeat_interval: int = 10
     grace_period: int = 60
+    # An Optuna pruner as a config with `_target_` (optuna.pruners.MedianPruner, ...) that
+    # each trial's job consults after every epoch; None: every trial trains its full budget.
+    pruner: Any = None
 
 
 def register_schema() -> None:

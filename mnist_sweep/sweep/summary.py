@@ -18,10 +18,21 @@ from mnist_sweep.sweep.storage import make_storage
 
 log = logging.getLogger(__name__)
 OBJECTIVE = "val_accuracy"
+PRUNED_AT = "pruned_at_epoch"
+
+
+def reported(trials: list[mlflow.entities.Run]) -> list[mlflow.entities.Run]:
+    """The trials a summary lists: finished ones and those their pruner stopped."""
+    return [
+        run for run in trials
+        if run.info.status == "FINISHED" or tracking.PRUNED_AT_EPOCH in run.data.tags
+    ]  # fmt: skip
 
 
 def trial_table(trials: list[mlflow.entities.Run]) -> list[dict[str, object]]:
-    """One row per finished trial, best objective first, with the params that vary."""
+    """One row per finished or pruned trial, finished ones first, each group by best
+    objective, with the epoch a pruned trial stopped at and the params that vary."""
+    trials = reported(trials)
     varying = sorted(
         key for key in {k for run in trials for k in run.data.params}
         if len({run.data.params.get(key) for run in trials}) > 1
@@ -29,10 +40,11 @@ def trial_table(trials: list[mlflow.entities.Run]) -> list[dict[str, object]]:
     rows = [
         {"trial": run.data.tags[tracking.TRIAL], "run_id": run.info.run_id,
          OBJECTIVE: run.data.metrics.get(OBJECTIVE), "test_accuracy":
-         run.data.metrics.get("test_accuracy"), **{k: run.data.params.get(k) for k in varying}}
+         run.data.metrics.get("test_accuracy"), PRUNED_AT: run.data.tags.get(
+         tracking.PRUNED_AT_EPOCH, ""), **{k: run.data.params.get(k) for k in varying}}
         for run in trials
     ]  # fmt: skip
-    return sorted(rows, key=lambda row: -(row[OBJECTIVE] or 0.0))
+    return sorted(rows, key=lambda row: (bool(row[PRUNED_AT]), -(row[OBJECTIVE] or 0.0)))
 
 
 def markdown_table(rows: list[dict[str, object]]) -> str:
@@ -59,20 +71,25 @@ def study_of(hydra_cfg: DictConfig) -> optuna.Study | None:
 
 
 def optuna_plots(study: optuna.Study, folder: Path) -> list[Path]:
-    """Optimization history and parameter importances as PNG files (those that can be drawn)."""
+    """Optimization history, parameter importances and, when trials reported epochs, their
+    intermediate values, as PNG files (those that can be drawn)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
     from optuna.visualization import matplotlib as optuna_plt
 
-    paths = []
-    for name, plot in (
+    plots = [
         ("optimization_history", optuna_plt.plot_optimization_history),
         ("param_importances", optuna_plt.plot_param_importances),
         ("parallel_coordinate", optuna_plt.plot_parallel_coordinate),
         ("slice", optuna_plt.plot_slice),
-    ):
+    ]
+    if any(trial.intermediate_values for trial in study.get_trials(deepcopy=False)):
+        # A pruning sweep: each trial's validation accuracy by epoch, where it stopped.
+        plots.append(("intermediate_values", optuna_plt.plot_intermediate_values))
+    paths = []
+    for name, plot in plots:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -107,15 +124,18 @@ def log_summary(
                 writer.writerows(rows)
             files.append(folder / "trials.md")
             files[-1].write_text(markdown_table(rows))
-            best = rows[0]
+        finished = [row for row in rows if not row[PRUNED_AT]]
+        if finished:
+            best = finished[0]
             files.append(folder / "best.json")
             files[-1].write_text(json.dumps(best, indent=2))
             client.log_metric(parent_run_id, f"best_{OBJECTIVE}", best[OBJECTIVE])
             client.log_metric(parent_run_id, "best_test_accuracy", best["test_accuracy"])
             client.set_tag(parent_run_id, "best_trial", best["trial"])
-        client.log_metric(parent_run_id, "finished_trials", len(rows))
+        client.log_metric(parent_run_id, "finished_trials", len(finished))
+        client.log_metric(parent_run_id, "pruned_trials", len(rows) - len(finished))
         study = study_of(hydra_cfg)
-        if study is not None and rows:
+        if study is not None and finished:
             files += optuna_plots(study, folder)
         for path in files:
             client.log_artifact(parent_run_id, str(path))

@@ -1,9 +1,14 @@
 """Which trials a sweep runs: Hydra's Optuna sweeper, made resumable and failure-tolerant.
 
 Differences from `hydra_plugins.hydra_optuna_sweeper` (whose search-space parsing we reuse):
-- `n_trials` counts COMPLETE trials in the study (and those RUNNING in other processes), so a
-  resumed sweep runs only what is missing and cooperating processes do not overshoot; a
-  process whose share is done waits for the others' trials, to replace any that fail;
+- `n_trials` counts COMPLETE and PRUNED trials in the study (and those RUNNING in other
+  processes), so a resumed sweep runs only what is missing and cooperating processes do not
+  overshoot; a process whose share is done waits for the others' trials, to replace any that
+  fail;
+- `pruner` (an Optuna pruner) lets each job stop its trial early (mnist_sweep.sweep.pruning);
+  the job's TrialPruned comes back in its JobReturn and the trial is told PRUNED;
+- up to `n_jobs` trials are in flight, each launched on its own as soon as a slot frees, rather
+  than in batches that wait for their slowest (or longest unpruned) trial;
 - trials left RUNNING by a dead worker are marked FAIL (Optuna) and FAILED (MLflow) and
   replaced: by heartbeat with a database storage, by process id on this machine with the
   journal file (liveness.py);
@@ -19,12 +24,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import queue
 import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import optuna
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep
@@ -39,11 +47,13 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from mnist_sweep.sweep import liveness
+from mnist_sweep.sweep.job import GRID_PREFIX
+from mnist_sweep.sweep.pruning import make_pruner
 from mnist_sweep.sweep.sampling import make_sampler
 from mnist_sweep.sweep.storage import make_storage
 
 log = logging.getLogger(__name__)
-GRID_SUBDIR = "grid_${now:%Y%m%d-%H%M%S}_${hydra.job.num}"
+GRID_SUBDIR = GRID_PREFIX + "${now:%Y%m%d-%H%M%S}_${hydra.job.num}"
 WAIT_FOR_OTHERS_S = 2.0
 
 
@@ -84,27 +94,24 @@ def running(study: optuna.Study) -> bool:
 
 
 def missing(study: optuna.Study, n_trials: int) -> int:
-    """Trials still to ask for: those neither complete nor in flight in another process."""
-    states = (TrialState.COMPLETE, TrialState.RUNNING)
+    """Trials still to ask for: those neither done (complete or pruned, as in Optuna's
+    optimize) nor in flight in any process."""
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
     return n_trials - len(study.get_trials(deepcopy=False, states=states))
-
-
-def consecutive_runs(numbers: list[int]) -> list[slice]:
-    """Index slices of `numbers` where each number is one more than the one before."""
-    starts = [0] + [i for i in range(1, len(numbers)) if numbers[i] != numbers[i - 1] + 1]
-    return [slice(a, b) for a, b in zip(starts, [*starts[1:], len(numbers)], strict=True)]
 
 
 class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
     def __init__(
         self,
         storage: Any,
+        pruner: optuna.pruners.BasePruner | None = None,
         heartbeat_interval: int | None = None,
         grace_period: int | None = None,
         **options: Any,
     ) -> None:
         storage = make_storage(storage, heartbeat_interval, grace_period, self._worker_gone)
         super().__init__(storage=storage, **options)
+        self.pruner = pruner
 
     def _worker_gone(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Trial `trial` was failed because its worker is gone: fail its MLflow run too."""
@@ -133,64 +140,90 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         liveness.stop_on_sigterm_as_on_ctrl_c()
         study = optuna.create_study(
             study_name=self.study_name, storage=self.storage, sampler=self.sampler,
-            directions=self._get_directions(), load_if_exists=True,
+            pruner=self.pruner, directions=self._get_directions(), load_if_exists=True,
         )  # fmt: skip
         liveness.fail_abandoned_trials(study, self._worker_gone)
         log.info("Study %s: %d of %d trials to run", study.study_name,
                  missing(study, self.n_trials), self.n_trials)  # fmt: skip
-        failures = 0
-        while (to_ask := missing(study, self.n_trials)) > 0 or running(study):
-            if to_ask <= 0:
-                # Other processes' trials are in flight: wait, in case one fails and needs
-                # replacing, so that every process ends with n_trials complete.
-                time.sleep(WAIT_FOR_OTHERS_S)
-                liveness.fail_abandoned_trials(study, self._worker_gone)
-                continue
-            size = min(self.n_jobs, to_ask)
-            failures += self._run_batch(study, size, (distributions, fixed, fixed_overrides))
-            if failures > self.max_failure_rate * self.n_trials:
-                raise SweepFailedError(
-                    f"{failures} trials failed, more than max_failure_rate="
-                    f"{self.max_failure_rate} of n_trials={self.n_trials}; see the log above"
-                )
+        self._run_trials(study, (distributions, fixed, fixed_overrides))
         self._save_results(study)
 
-    def _run_batch(self, study: optuna.Study, size: int, space: tuple) -> int:
-        """Ask, run and tell `size` trials; returns how many failed.
+    def _run_trials(self, study: optuna.Study, space: tuple) -> None:
+        """Keep `slots` trials in flight, asking for the next as soon as one ends (no batch
+        waits for its slowest trial), until n_trials are complete or pruned.
 
-        If interrupted (Ctrl-C), the batch's unfinished trials are told FAIL before it stops.
+        If interrupted (Ctrl-C), the unfinished trials are told FAIL before it stops.
         """
-        trials: list[optuna.Trial] = []
+        slots, in_flight, failures = self._slots(), set(), 0
+        finished: queue.SimpleQueue = queue.SimpleQueue()  # (trial, its JobReturn or error)
         try:
-            with contextlib.ExitStack() as heartbeats:
+            while True:
+                while len(in_flight) < slots and missing(study, self.n_trials) > 0:
+                    with interrupts_deferred():
+                        in_flight.add(trial := liveness.ask(study))
+                    overrides = self._configure_trials([trial], *space)[0]
+                    self._start(study, trial, overrides, finished, threaded=slots > 1)
+                if not in_flight:
+                    if not running(study):
+                        return
+                    # Other processes' trials are in flight: wait, in case one fails and
+                    # needs replacing, so that every process ends with n_trials done.
+                    time.sleep(WAIT_FOR_OTHERS_S)
+                    liveness.fail_abandoned_trials(study, self._worker_gone)
+                    continue
+                trial, result = finished.get()
+                in_flight.remove(trial)
                 with interrupts_deferred():
-                    for _ in range(size):
-                        trials.append(liveness.ask(study))
-                        heartbeats.enter_context(
-                            liveness.heartbeat(study, trials[-1], self._worker_gone)
-                        )
-                returns = self._launch(trials, self._configure_trials(trials, *space))
-                with interrupts_deferred():
-                    told = [self._tell(study, t, r) for t, r in zip(trials, returns, strict=True)]
+                    failures += self._tell(study, trial, result) is TrialState.FAIL
+                self._check_failures(failures)
         except BaseException:
-            for trial in trials:
+            for trial in in_flight:
                 if study._storage.get_trial(trial._trial_id).state is TrialState.RUNNING:
                     study.tell(trial.number, state=TrialState.FAIL)
             raise
-        return told.count(False)
 
-    def _launch(
-        self, trials: list[optuna.Trial], overrides: Sequence[Sequence[str]]
-    ) -> list[JobReturn]:
-        """Run the trials with Hydra job numbers equal to their trial numbers."""
-        numbers = [trial.number for trial in trials]
-        returns: list[JobReturn] = []
-        for run in consecutive_runs(numbers):
-            returns += self.launcher.launch(overrides[run], initial_job_idx=numbers[run][0])
-        return returns
+    def _slots(self) -> int:
+        """Trials in flight at once: n_jobs, or one when the launcher runs jobs in this
+        process (Hydra's basic launcher), since those cannot share it."""
+        if isinstance(self.launcher, BasicLauncher):
+            if self.n_jobs > 1:
+                log.warning("n_jobs=%d: the basic launcher runs one trial at a time; use "
+                            "hydra/launcher=joblib for parallel trials", self.n_jobs)  # fmt: skip
+            return 1
+        return self.n_jobs
 
-    def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> bool:
-        """Record a finished job in the study; False if it failed."""
+    def _start(
+        self, study: optuna.Study, trial: optuna.Trial, overrides: Sequence[str],
+        finished: queue.SimpleQueue, threaded: bool,
+    ) -> None:  # fmt: skip
+        """Launch the trial's job with Hydra job number = trial number, in a thread of its own
+        if `threaded`; its JobReturn (or the launcher's error) goes to `finished`."""
+
+        def launch() -> None:
+            try:
+                with liveness.heartbeat(study, trial, self._worker_gone):
+                    [result] = self.launcher.launch([overrides], initial_job_idx=trial.number)
+            except Exception as error:  # the launcher's own failure: the sweep stops
+                result = error
+            finished.put((trial, result))
+
+        if threaded:
+            # A daemon, so that Ctrl-C ends the sweep without waiting for its jobs.
+            threading.Thread(target=launch, name=f"trial_{trial.number}", daemon=True).start()
+        else:
+            launch()
+
+    def _tell(
+        self, study: optuna.Study, trial: optuna.Trial, result: JobReturn | BaseException
+    ) -> TrialState:
+        """Record a finished job in the study: COMPLETE, PRUNED or FAIL."""
+        if isinstance(result, BaseException):
+            raise result
+        # Read before `return_value`, which would log a pruned job as an error.
+        if isinstance(result._return_value, optuna.TrialPruned):
+            # As in Optuna's optimize, a pruned trial's value is its last reported one.
+            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+            return TrialState.PRUNED
         try:
             value = float(result.return_value)
             if not math.isfinite(value):
@@ -198,12 +231,22 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         except Exception as error:
             log.warning("Trial %d failed: %s", trial.number, error)
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            return False
+            return TrialState.FAIL
         # skip_if_finished: another worker may have failed it as stale (a long pause here).
         study.tell(trial, value, skip_if_finished=True)
-        return True
+        return TrialState.COMPLETE
+
+    def _check_failures(self, failures: int) -> None:
+        if failures > self.max_failure_rate * self.n_trials:
+            raise SweepFailedError(
+                f"{failures} trials failed, more than max_failure_rate="
+                f"{self.max_failure_rate} of n_trials={self.n_trials}; see the log above"
+            )
 
     def _save_results(self, study: optuna.Study) -> None:
+        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            log.warning("Study %s has no complete trial (all pruned or failed)", study.study_name)
+            return
         best = study.best_trial
         log.info("Best value %s with %s", best.value, best.params)
         OmegaConf.save(
@@ -226,11 +269,14 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
 class ResumableOptunaSweeper(OptunaSweeper):
     """Hydra's OptunaSweeper with the resumable implementation above.
 
-    `storage` may also be a config with a `_target_`, such as Optuna's JournalStorage.
+    `storage` may also be a config with a `_target_`, such as Optuna's JournalStorage;
+    `pruner` is an Optuna pruner's config with `_target_` (see mnist_sweep.sweep.pruning).
     """
 
-    def __init__(self, sampler: Any, **options: Any) -> None:
-        self.sweeper = ResumableOptunaSweeperImpl(sampler=make_sampler(sampler), **options)
+    def __init__(self, sampler: Any, pruner: Any = None, **options: Any) -> None:
+        self.sweeper = ResumableOptunaSweeperImpl(
+            sampler=make_sampler(sampler), pruner=make_pruner(pruner), **options
+        )
 
 
 def register() -> None:
