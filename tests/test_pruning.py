@@ -56,11 +56,12 @@ def test_a_sweep_whose_pruner_prunes_every_trial_keeps_nothing(
 def test_a_median_pruned_sweep_keeps_the_best_complete_trial(
     data_root: Path, tmp_path: Path
 ) -> None:
-    # Sampler seed 4 draws lr 3e-3, 3e-3, 1e-5, 1e-5, then 3e-3: the two trials that start
-    # the median train normally; the two at 1e-5 fall far below it after one epoch.
+    # Sampler seed 38 draws lr 3e-3, 3e-3, then 1e-5 (trials are seeded from (seed, number),
+    # sampling.py): the two trials that start the median train normally; those at 1e-5 fall
+    # far below it after one epoch.
     run_sweep(
         tmp_path, data_root, *SMALL, "hydra.sweeper.n_trials=5", "sweep.min_test_accuracy=0.5",
-        "hydra.sweeper.sampler.seed=4", "optimizer.lr=choice(3e-3,1e-5)",
+        "hydra.sweeper.sampler.seed=38", "optimizer.lr=choice(3e-3,1e-5)",
         "pruner=median", "hydra.sweeper.pruner.n_startup_trials=2",
     )  # fmt: skip
     trials = study(tmp_path).trials
