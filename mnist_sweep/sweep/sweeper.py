@@ -19,25 +19,20 @@ import math
 import signal
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import optuna
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep
-from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn
-from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import (
     OptunaSweeperImpl,
     create_params_from_overrides,
 )
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from mnist_sweep.sweep.liveness import OWNER, fail_abandoned_trials, this_process
-from mnist_sweep.sweep.storage import make_storage
 
 log = logging.getLogger(__name__)
 GRID_SUBDIR = "grid_${now:%Y%m%d-%H%M%S}_${hydra.job.num}"
@@ -187,22 +182,3 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         )  # fmt: skip
         # Its own folders, so a grid never overwrites the trial_N folders of an Optuna study.
         grid.sweep([*arguments, f"hydra.sweep.subdir={GRID_SUBDIR}"])
-
-
-class ResumableOptunaSweeper(OptunaSweeper):
-    """Hydra's OptunaSweeper with the resumable implementation above.
-
-    `storage` may also be a config with a `_target_`, such as Optuna's JournalStorage.
-    """
-
-    def __init__(self, sampler: Any, storage: Any, **options: Any) -> None:
-        self.sweeper = ResumableOptunaSweeperImpl(
-            sampler=instantiate(sampler, _execution_whitelist_=("optuna.samplers.*",)),
-            storage=make_storage(storage),
-            **options,
-        )
-
-
-def register() -> None:
-    """Let Hydra instantiate ResumableOptunaSweeper (it lives outside hydra_plugins)."""
-    Plugins.instance().register(ResumableOptunaSweeper)
