@@ -1,7 +1,9 @@
 """The sweep's Hydra callback: its MLflow parent run, then the summary and the kept model.
 
 `SweepCallback` is a Hydra callback (conf/config.yaml lists it); it runs in the process that
-started `python run.py -m`, before the first and after the last trial.
+started `python run.py -m`, before the first and after the last trial. Hydra instantiates it
+for single runs too, so MLflow and the summary's libraries are imported only when a sweep
+starts.
 """
 
 from __future__ import annotations
@@ -13,12 +15,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from mnist_sweep import tracking
-from mnist_sweep.config import to_run_config
-from mnist_sweep.sweep import summary
+from mnist_sweep.config import ConfigError, exit_with, to_run_config
 from mnist_sweep.sweep.job import sweep_id
-from mnist_sweep.sweep.keep import keep_best
-from mnist_sweep.sweep.liveness import process_is_gone
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +24,33 @@ log = logging.getLogger(__name__)
 class SweepCallback(Callback):
     """Opens the sweep's parent run; at the end, logs the summary and keeps the best model."""
 
+    def __init__(self) -> None:
+        self.started = False
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        client, experiment = tracking.client_for(to_run_config(config).mlflow)
+        from mnist_sweep import tracking
+        from mnist_sweep.sweep.liveness import process_is_gone
+
+        try:
+            run_config = to_run_config(config)
+        except ConfigError as error:
+            exit_with(error)  # before any trial: every trial would fail the same way
+        client, experiment = tracking.client_for(run_config.mlflow)
         identity = sweep_id(config.hydra)
         tracking.sweep_parent(client, experiment, identity, create=True)
         for run in tracking.sweep_runs(client, experiment, identity, "trial", "RUNNING"):
             if process_is_gone(run.data.tags.get(tracking.OWNER, "")):
                 log.warning("Marking MLflow run %s FAILED: its process is gone", run.info.run_id)
                 client.set_terminated(run.info.run_id, "FAILED")
+        self.started = True
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not self.started:
+            return
+        from mnist_sweep import tracking
+        from mnist_sweep.sweep import summary
+        from mnist_sweep.sweep.keep import keep_best
+
         run_config = to_run_config(config)
         client, experiment = tracking.client_for(run_config.mlflow)
         identity = sweep_id(config.hydra)
