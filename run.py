@@ -24,16 +24,16 @@ TRUSTED_TARGETS = ["mnist_sweep.sweep.callback.SweepCallback"]
 @hydra.main(config_path="conf", config_name="config", execution_whitelist=TRUSTED_TARGETS)
 def main(cfg: DictConfig) -> float:
     try:
-        to_run_config(cfg)
+        to_run_config(cfg)  # a config error ends here, before torch and MLflow load
+        from mnist_sweep import experiment
+        from mnist_sweep.sweep import job
+
+        return experiment.run(cfg, Path(HydraConfig.get().runtime.output_dir), job.current_job())
     except ConfigError as error:
         # In a sweep the error fails this trial only (the sweeper logs it); a run ends here.
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
         exit_with(error)
-    from mnist_sweep import experiment
-    from mnist_sweep.sweep import job
-
-    return experiment.run(cfg, Path(HydraConfig.get().runtime.output_dir), job.current_job())
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep
 from hydra.core.utils import JobReturn
+from hydra.errors import CompactHydraException
 from hydra_plugins.hydra_optuna_sweeper._impl import (
     OptunaSweeperImpl,
     create_params_from_overrides,
@@ -39,8 +40,9 @@ GRID_SUBDIR = "grid_${now:%Y%m%d-%H%M%S}_${hydra.job.num}"
 WAIT_FOR_OTHERS_S = 2.0
 
 
-class SweepFailedError(RuntimeError):
-    """More trials failed than the sweep's max_failure_rate allows."""
+class SweepFailedError(CompactHydraException):
+    """More trials failed than the sweep's max_failure_rate allows (Hydra prints the message
+    alone, the traceback only with HYDRA_FULL_ERROR=1)."""
 
 
 @contextlib.contextmanager
