@@ -17,8 +17,11 @@ from mnist_sweep.sweep import plugin
 register_schema()
 plugin.register()
 
-# Our own callback, instantiated by Hydra from conf/config.yaml; nothing else is trusted here.
-TRUSTED_TARGETS = ["mnist_sweep.sweep.callback.SweepCallback"]
+# Our own callback and console log handler, which Hydra instantiates from conf/config.yaml.
+TRUSTED_TARGETS = [
+    "mnist_sweep.sweep.callback.SweepCallback",
+    "mnist_sweep.progress.ConsoleHandler",
+]
 
 
 @hydra.main(config_path="conf", config_name="config", execution_whitelist=TRUSTED_TARGETS)

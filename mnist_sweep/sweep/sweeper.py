@@ -33,6 +33,7 @@ from hydra_plugins.hydra_optuna_sweeper._impl import (
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from mnist_sweep.progress import TrialsBar
 from mnist_sweep.sweep.liveness import OWNER, fail_abandoned_trials, this_process
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         fail_abandoned_trials(study)
         log.info("Study %s: %d of %d trials to run", study.study_name,
                  missing(study, self.n_trials), self.n_trials)  # fmt: skip
+        trials_bar = TrialsBar(study, self.n_trials)
         failures = 0
         while (to_ask := missing(study, self.n_trials)) > 0 or running(study):
             if to_ask <= 0:
@@ -113,6 +115,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                 continue
             size = min(self.n_jobs, to_ask)
             failures += self._run_batch(study, size, (distributions, fixed, fixed_overrides))
+            trials_bar.update()
             if failures > self.max_failure_rate * self.n_trials:
                 raise SweepFailedError(
                     f"{failures} trials failed, more than max_failure_rate="
