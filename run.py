@@ -1,22 +1,42 @@
-"""Entry point: `python run.py [overrides]` for one run, `python run.py -m` for a sweep."""
+"""Entry point: `python run.py [overrides]` for one run, `python run.py -m` for a sweep.
+
+Only Hydra and the config schema are imported here: `--help`, `--cfg`, tab completion and
+config errors stay fast, and torch, MLflow and Optuna load when a run or a sweep starts.
+"""
 
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mnist_sweep import experiment
-from mnist_sweep.config import register_schema
-from mnist_sweep.sweep import job, sweeper
+from mnist_sweep.config import ConfigError, exit_with, register_schema, to_run_config
+from mnist_sweep.sweep import plugin
 
 register_schema()
-sweeper.register()
+plugin.register()
+
+# Our own callback and console log handler, which Hydra instantiates from conf/config.yaml.
+TRUSTED_TARGETS = [
+    "mnist_sweep.sweep.callback.SweepCallback",
+    "mnist_sweep.progress.ConsoleHandler",
+]
 
 
-@hydra.main(config_path="conf", config_name="config")
+@hydra.main(config_path="conf", config_name="config", execution_whitelist=TRUSTED_TARGETS)
 def main(cfg: DictConfig) -> float:
-    return experiment.run(cfg, Path(HydraConfig.get().runtime.output_dir), job.current_job())
+    try:
+        to_run_config(cfg)  # a config error ends here, before torch and MLflow load
+        from mnist_sweep import experiment
+        from mnist_sweep.sweep import job
+
+        return experiment.run(cfg, Path(HydraConfig.get().runtime.output_dir), job.current_job())
+    except ConfigError as error:
+        # In a sweep the error fails this trial only (the sweeper logs it); a run ends here.
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        exit_with(error)
 
 
 if __name__ == "__main__":

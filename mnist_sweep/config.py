@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
+import traceback
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NoReturn
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -262,3 +265,11 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
     config = OmegaConf.to_object(typed)
     config.check()
     return config
+
+
+def exit_with(error: ConfigError) -> NoReturn:
+    """End the process with the one line that names the key (and its traceback with
+    HYDRA_FULL_ERROR=1, as Hydra does for its own config errors)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        traceback.print_exception(error)
+    raise SystemExit(f"Error in the config: {error}")

@@ -8,18 +8,22 @@ import gzip
 import hashlib
 import logging
 import os
+import struct
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader, Subset
-from torchvision import datasets, transforms
 
 from mnist_sweep.config import DataConfig, DatasetName, Loader
+
+if TYPE_CHECKING:
+    from torchvision import datasets, transforms
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +42,9 @@ _PACKAGE = resources.files("mnist_sweep")
 class DatasetSpec:
     """How one MNIST-format dataset is found, checked and read."""
 
-    folder: str  # torchvision reads <root>/<folder>/raw
-    torchvision_class: type[datasets.MNIST]
+    # torchvision's dataset class, which reads <root>/<folder>/raw; imported only by the torch
+    # loader, the tensor loader reads the raw files itself (torchvision takes seconds to import)
+    folder: str
     checksums: Traversable  # SHA256SUMS of the four decompressed files
     source: Traversable | Path  # the .gz originals when data.source_dir is null
     class_names: tuple[str, ...]
@@ -48,12 +53,13 @@ class DatasetSpec:
 
 DATASETS = {
     DatasetName.mnist: DatasetSpec(
-        "MNIST", datasets.MNIST, _PACKAGE / "mnist_files" / "SHA256SUMS",
+        "MNIST", _PACKAGE / "mnist_files" / "SHA256SUMS",
         _PACKAGE / "mnist_files", tuple(CLASS_NAMES),
         "the package ships them; reinstall mnist_sweep"),
     DatasetName.fashion_mnist: DatasetSpec(
-        "FashionMNIST", datasets.FashionMNIST, _PACKAGE / "fashion_mnist_files" / "SHA256SUMS",
-        Path("/usr/share/datasets/fashion-mnist"), tuple(datasets.FashionMNIST.classes),
+        "FashionMNIST", _PACKAGE / "fashion_mnist_files" / "SHA256SUMS",
+        Path("/usr/share/datasets/fashion-mnist"), ("T-shirt/top", "Trouser", "Pullover",
+        "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
         "apt-get install dataset-fashion-mnist, or point data.source_dir at the four .gz files"),
 }  # fmt: skip
 
@@ -156,27 +162,57 @@ class DataFiles:
         return cls(config.root, config.source_dir, config.download, config.name)
 
 
-def torchvision_dataset(
-    files: DataFiles, train: bool, transform: transforms.Compose | None = None
-) -> datasets.MNIST:
-    """The torchvision dataset over verified local files (downloads only if allowed)."""
+def local_raw_dir(files: DataFiles) -> Path:
+    """The folder of the dataset's verified raw files (downloaded by torchvision if allowed)."""
     folder = Path(files.root) if files.root else default_data_root()
-    download = files.download
     source_dir = Path(files.source_dir) if files.source_dir else None
     try:
-        ensure_raw_files(folder, source_dir, files.dataset)
+        return ensure_raw_files(folder, source_dir, files.dataset)
     except DataMissingError as error:
-        if not download:
+        if not files.download:
             raise DataMissingError(
                 f"{error}; set data.download=true to let torchvision fetch it"
             ) from error
         log.warning("%s; downloading with torchvision", error)
-    dataset_class = DATASETS[files.dataset].torchvision_class
-    return dataset_class(folder, train=train, transform=transform, download=download)
+    from torchvision import datasets
+
+    getattr(datasets, DATASETS[files.dataset].folder)(folder, download=True)
+    return folder / DATASETS[files.dataset].folder / "raw"
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """An IDX file of unsigned bytes (the MNIST format) as a uint8 tensor of its shape."""
+    data = path.read_bytes()
+    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype != 0x08:
+        raise DataIntegrityError(f"{path}: not an IDX file of unsigned bytes")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    return torch.frombuffer(bytearray(data[4 + 4 * ndim :]), dtype=torch.uint8).view(shape)
+
+
+def read_split(files: DataFiles, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split's images (N, 28, 28) as uint8 and its labels as int64, as torchvision reads them."""
+    raw_dir = local_raw_dir(files)
+    prefix = "train" if train else "t10k"
+    images = read_idx(raw_dir / f"{prefix}-images-idx3-ubyte")
+    return images, read_idx(raw_dir / f"{prefix}-labels-idx1-ubyte").long()
+
+
+def torchvision_dataset(
+    files: DataFiles, train: bool, transform: transforms.Compose | None = None
+) -> datasets.MNIST:
+    """The torchvision dataset over verified local files (downloads only if allowed)."""
+    from torchvision import datasets
+
+    raw_dir = local_raw_dir(files)
+    dataset_class = getattr(datasets, DATASETS[files.dataset].folder)
+    return dataset_class(raw_dir.parent.parent, train=train, transform=transform)
 
 
 def seed_transform(config: DataConfig) -> transforms.Compose:
     """The seed project's per-image pipeline: ToTensor, Normalize, flatten for the MLP."""
+    from torchvision import transforms
+
     return transforms.Compose(
         [
             transforms.ToTensor(),
@@ -247,10 +283,10 @@ def normalized_tensors(
 def _normalized_tensors(
     files: DataFiles, mean: float, std: float, train: bool, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    dataset = torchvision_dataset(files, train)
-    images = dataset.data.to(device).flatten(1).float().div_(255)
+    raw_images, labels = read_split(files, train)
+    images = raw_images.to(device).flatten(1).float().div_(255)
     images.sub_(mean).div_(std)
-    return images, dataset.targets.to(device)
+    return images, labels.to(device)
 
 
 def tensor_loaders(config: DataConfig, device: torch.device, seed: int) -> Loaders:

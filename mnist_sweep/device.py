@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mnist_sweep.config import Device, TrainerConfig
+from mnist_sweep.config import ConfigError, Device, TrainerConfig
 
 
 def select_device(choice: Device) -> torch.device:
@@ -17,7 +17,10 @@ def select_device(choice: Device) -> torch.device:
     if choice is Device.auto:
         choice = next(device for device, ok in available.items() if ok)
     if not available[choice]:
-        raise RuntimeError(f"trainer.device={choice.value} is not available on this machine")
+        allowed = ", ".join(device.value for device, ok in available.items() if ok)
+        raise ConfigError(
+            f"trainer.device: {choice.value} is not available here; use auto, {allowed}"
+        )
     return torch.device(choice.value)
 
 

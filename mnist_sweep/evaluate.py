@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         mlflow_config = MlflowConfig(
             tracking_uri=args.tracking_uri or trained["mlflow"]["tracking_uri"],
             experiment_name=args.experiment or trained["mlflow"]["experiment_name"],
-            run_name="evaluate " + " ".join(map(str, args.checkpoints)),
+            run_name=evaluation_name(args.checkpoints, args.tta),
         )
         data = trained["data"]
         files = DataFiles(args.root or data["root"], data.get("source_dir"),
@@ -141,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         f"ECE {metrics['test_ece']:.4f}, macro F1 {metrics['test_macro_f1']:.4f}; wrote {out}"
     )
     return 0
+
+
+def evaluation_name(paths: Sequence[Path], tta: bool) -> str:
+    """The evaluation run's name: what it evaluated, each model named by the two folders above
+    its checkpoint (`evaluate mlp/best`, `evaluate ensemble cnn_small/seed0, cnn_small/seed1`)."""
+    models = ", ".join(f"{path.resolve().parent.parent.name}/{path.resolve().parent.name}"
+                       for path in paths)  # fmt: skip
+    return f"evaluate {'ensemble ' if len(paths) > 1 else ''}{models}{' +TTA' if tta else ''}"
 
 
 def _default_out(args: argparse.Namespace) -> Path:

@@ -6,14 +6,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
-from scipy.stats import binomtest
-from torchmetrics.functional.classification import (
-    multiclass_calibration_error,
-    multiclass_confusion_matrix,
-    multiclass_f1_score,
-    multiclass_precision,
-    multiclass_recall,
-)
+
+# torchmetrics (which imports torchvision and SciPy's signal processing) and SciPy take seconds
+# to import: the functions that score a finished run import them, so a run starts training
+# without waiting for them.
 
 CALIBRATION_BINS = 15
 
@@ -75,6 +71,8 @@ class Calibration:
 
 def calibration(predictions: Predictions, bins: int = CALIBRATION_BINS) -> Calibration:
     """ECE (torchmetrics, L1, equal-width bins) and the per-bin figures it is made of."""
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
     num_classes = predictions.probabilities.shape[1]
     ece = multiclass_calibration_error(
         predictions.probabilities, predictions.labels, num_classes, n_bins=bins, norm="l1"
@@ -90,12 +88,21 @@ def calibration(predictions: Predictions, bins: int = CALIBRATION_BINS) -> Calib
 
 def accuracy_interval(correct: int, total: int, level: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of an accuracy measured as `correct` out of `total`."""
+    from scipy.stats import binomtest
+
     interval = binomtest(correct, total).proportion_ci(confidence_level=level, method="wilson")
     return interval.low, interval.high
 
 
 def summarize(predictions: Predictions, class_names: list[str]) -> dict[str, object]:
     """Confusion matrix, per-class precision/recall/F1, accuracy with its 95% CI, ECE."""
+    from torchmetrics.functional.classification import (
+        multiclass_confusion_matrix,
+        multiclass_f1_score,
+        multiclass_precision,
+        multiclass_recall,
+    )
+
     num_classes = len(class_names)
     args = (predictions.predicted, predictions.labels, num_classes)
     per_class = {

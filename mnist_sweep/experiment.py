@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from mnist_sweep.evaluate import report_and_log
 from mnist_sweep.evaluation import predict
 from mnist_sweep.explore import show5_png
 from mnist_sweep.models import Network, build_model
+from mnist_sweep.progress import SHOWN_ON_BAR, bars_shown
 from mnist_sweep.sweep import pruning
 from mnist_sweep.sweep.job import SweepJob, job_tags
 from mnist_sweep.training import EpochMetrics, fit
@@ -83,11 +83,13 @@ def _epoch_values(metrics: EpochMetrics) -> dict[str, float]:
 
 
 class _progress:
-    """Per-epoch reporting: a tqdm bar on a terminal, plain log lines otherwise; logs to MLflow."""
+    """Per-epoch reporting: a tqdm bar on a terminal and a log line (which the terminal leaves to
+    the log file while the bar shows it); logs to MLflow."""
 
     def __init__(self, config: RunConfig) -> None:
         self.epochs = config.trainer.epochs
-        self.bar = tqdm(total=self.epochs, unit="epoch") if sys.stderr.isatty() else None
+        # leave=None: the bar stays after a run, and goes after a trial, below its sweep's bar.
+        self.bar = tqdm(total=self.epochs, unit="epoch", leave=None) if bars_shown() else None
 
     def __enter__(self):
         return self.on_epoch
@@ -100,9 +102,8 @@ class _progress:
         values = _epoch_values(metrics)
         tracking.log_metrics(values, step=metrics.epoch)
         summary = " ".join(f"{k}={v:.4f}" for k, v in values.items())
-        if self.bar is None:
-            log.info("epoch %d/%d %s", metrics.epoch, self.epochs, summary)
-        else:
+        log.info("epoch %d/%d %s", metrics.epoch, self.epochs, summary, extra=SHOWN_ON_BAR)
+        if self.bar is not None:
             self.bar.set_postfix_str(summary)
             self.bar.update()
 

@@ -7,6 +7,7 @@ import fcntl
 import functools
 import hashlib
 import json
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,11 @@ from urllib.parse import urlparse
 import mlflow
 
 from mnist_sweep.config import MlflowConfig
+
+# MLflow's artifact download bars and "View run" links would repeat for every trial of a sweep;
+# either variable set in the environment brings them back.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

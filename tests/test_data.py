@@ -81,6 +81,21 @@ def test_missing_source_without_download_says_how_to_allow_it(tmp_path: Path) ->
         data.torchvision_dataset(data.DataFiles(str(tmp_path / "root"), str(tmp_path)), True)
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_the_tensor_loader_reads_the_raw_files_as_torchvision_does(small_cfg, train) -> None:
+    files = data.DataFiles.of(to_run_config(small_cfg).data)
+    images, labels = data.read_split(files, train)
+    reference = data.torchvision_dataset(files, train)
+    assert images.dtype == torch.uint8 and labels.dtype == torch.int64
+    assert torch.equal(images, reference.data) and torch.equal(labels, reference.targets)
+
+
+def test_a_file_that_is_not_idx_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "bad").write_bytes(b"PK\x03\x04" + bytes(100))
+    with pytest.raises(DataIntegrityError, match="not an IDX file"):
+        data.read_idx(tmp_path / "bad")
+
+
 def test_normalization_constants_are_the_training_set_statistics(small_cfg) -> None:
     config = to_run_config(small_cfg).data
     pixels = data.torchvision_dataset(data.DataFiles.of(config), True).data.float() / 255
@@ -158,7 +173,7 @@ def test_fashion_mnist_statistics_and_classes_are_its_own(tmp_path: Path) -> Non
     pixels = dataset.data.float() / 255
     assert pixels.mean().item() == pytest.approx(config.mean, abs=1e-4)
     assert pixels.std().item() == pytest.approx(config.std, abs=1e-4)
-    assert data.class_names(config.name)[0] == "T-shirt/top"
+    assert data.class_names(config.name) == dataset.classes
     assert torch.bincount(dataset.targets).tolist() == [6000] * 10
 
 

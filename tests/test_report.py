@@ -70,6 +70,7 @@ def test_evaluate_entry_point_logs_an_evaluation_run_naming_its_source(
     [evaluation] = [r for r in runs if r.data.tags.get("mnist_sweep.role") == "evaluation"]
     [training] = [r for r in runs if r is not evaluation and "mnist_sweep.role" not in r.data.tags]
     assert evaluation.data.tags["mnist_sweep.source_run"] == training.info.run_id
+    assert evaluation.info.run_name == f"evaluate {tmp_path.name}/run"
     # Same model, same test images: the same accuracy as the training run measured.
     accuracy = json.loads((tmp_path / "ev" / "evaluation.json").read_text())["accuracy"]
     assert accuracy == pytest.approx(training.data.metrics["test_accuracy"], abs=1e-9)
@@ -104,6 +105,8 @@ def test_evaluate_several_checkpoints_as_an_ensemble_with_tta(
     sources = {r.info.run_id for r in runs if r is not evaluation}
     assert set(evaluation.data.tags["mnist_sweep.source_run"].split(",")) == sources
     assert evaluation.data.params["members"] == "2" and evaluation.data.params["tta"] == "True"
+    folder = tmp_path.name
+    assert evaluation.info.run_name == f"evaluate ensemble {folder}/seed0, {folder}/seed1 +TTA"
     accuracy = json.loads((out / "evaluation.json").read_text())["accuracy"]
     assert evaluation.data.metrics["test_accuracy"] == pytest.approx(accuracy)
 

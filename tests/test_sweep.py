@@ -64,6 +64,8 @@ def test_sweep_tracks_every_trial_under_its_sweep_and_keeps_the_best(
     client, [parent] = mlflow_runs(tmp_path, "sweep")
     _, trials = mlflow_runs(tmp_path, "trial")
     assert len(trials) == 3 and parent.info.status == "FINISHED"
+    assert sorted(run.info.run_name for run in trials) == ["trial_0", "trial_1", "trial_2"]
+    assert parent.info.run_name == "sweep mlp"
     assert {run.data.tags["mlflow.parentRunId"] for run in trials} == {parent.info.run_id}
     assert len({frozenset(run.data.params) for run in trials}) == 1  # same keys in every trial
     assert all("test_accuracy" in run.data.metrics for run in trials)

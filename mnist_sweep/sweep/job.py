@@ -9,9 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mnist_sweep import tracking
 from mnist_sweep.config import MlflowConfig
-from mnist_sweep.sweep.liveness import this_process
 
 GRID_PREFIX = "grid_"
 
@@ -47,6 +45,15 @@ def current_job() -> SweepJob | None:
 
 
 def job_tags(config: MlflowConfig, job: SweepJob | None) -> dict[str, str]:
+    """A trial's MLflow tags: its sweep, its parent run, and its name (its trial's folder)."""
     if job is None:
         return {}
-    return tracking.trial_tags(config, job.sweep_id, job.trial, job.number, this_process())
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+    from mnist_sweep import tracking
+    from mnist_sweep.sweep.liveness import this_process
+
+    tags = tracking.trial_tags(config, job.sweep_id, job.trial, job.number, this_process())
+    if config.run_name is None:  # MLflow refuses a name given both ways
+        tags[MLFLOW_RUN_NAME] = job.trial
+    return tags

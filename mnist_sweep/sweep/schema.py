@@ -12,7 +12,7 @@ from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 
 @dataclass
 class ResumableOptunaSweeperConf(OptunaSweeperConf):
-    _target_: str = "mnist_sweep.sweep.sweeper.ResumableOptunaSweeper"
+    _target_: str = "mnist_sweep.sweep.plugin.ResumableOptunaSweeper"
     # With a database storage, each worker records a heartbeat of its running trials every
     # `heartbeat_interval` seconds; a trial silent for `grace_period` seconds is failed and
     # replaced by any worker, on any host (Optuna's heartbeat mechanism).

@@ -76,6 +76,8 @@ def optuna_plots(study: optuna.Study, folder: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
+    # matplotlib says at INFO, on every sweep, that the list-valued params' axes are categorical.
+    logging.getLogger("matplotlib.category").setLevel(logging.WARNING)
     from matplotlib import pyplot as plt
     from optuna.visualization import matplotlib as optuna_plt
 

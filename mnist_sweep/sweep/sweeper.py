@@ -36,20 +36,18 @@ from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep
-from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn
+from hydra.errors import CompactHydraException
 from hydra_plugins.hydra_optuna_sweeper._impl import (
     OptunaSweeperImpl,
     create_params_from_overrides,
 )
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from mnist_sweep.progress import TrialsBar
 from mnist_sweep.sweep import liveness
 from mnist_sweep.sweep.job import GRID_PREFIX
-from mnist_sweep.sweep.pruning import make_pruner
-from mnist_sweep.sweep.sampling import make_sampler
 from mnist_sweep.sweep.storage import make_storage
 
 log = logging.getLogger(__name__)
@@ -57,8 +55,9 @@ GRID_SUBDIR = GRID_PREFIX + "${now:%Y%m%d-%H%M%S}_${hydra.job.num}"
 WAIT_FOR_OTHERS_S = 2.0
 
 
-class SweepFailedError(RuntimeError):
-    """More trials failed than the sweep's max_failure_rate allows."""
+class SweepFailedError(CompactHydraException):
+    """More trials failed than the sweep's max_failure_rate allows (Hydra prints the message
+    alone, the traceback only with HYDRA_FULL_ERROR=1)."""
 
 
 @contextlib.contextmanager
@@ -155,6 +154,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         If interrupted (Ctrl-C), the unfinished trials are told FAIL before it stops.
         """
         slots, in_flight, failures = self._slots(), set(), 0
+        trials_bar = TrialsBar(study, self.n_trials)
         finished: queue.SimpleQueue = queue.SimpleQueue()  # (trial, its JobReturn or error)
         try:
             while True:
@@ -175,6 +175,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                 in_flight.remove(trial)
                 with interrupts_deferred():
                     failures += self._tell(study, trial, result) is TrialState.FAIL
+                trials_bar.update()
                 self._check_failures(failures)
         except BaseException:
             for trial in in_flight:
@@ -264,21 +265,3 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         )  # fmt: skip
         # Its own folders, so a grid never overwrites the trial_N folders of an Optuna study.
         grid.sweep([*arguments, f"hydra.sweep.subdir={GRID_SUBDIR}"])
-
-
-class ResumableOptunaSweeper(OptunaSweeper):
-    """Hydra's OptunaSweeper with the resumable implementation above.
-
-    `storage` may also be a config with a `_target_`, such as Optuna's JournalStorage;
-    `pruner` is an Optuna pruner's config with `_target_` (see mnist_sweep.sweep.pruning).
-    """
-
-    def __init__(self, sampler: Any, pruner: Any = None, **options: Any) -> None:
-        self.sweeper = ResumableOptunaSweeperImpl(
-            sampler=make_sampler(sampler), pruner=make_pruner(pruner), **options
-        )
-
-
-def register() -> None:
-    """Let Hydra instantiate ResumableOptunaSweeper (it lives outside hydra_plugins)."""
-    Plugins.instance().register(ResumableOptunaSweeper)
