@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -53,7 +54,9 @@ class Sweep:
 
     def __init__(self, name: str, postgres: Postgres, tracking: MlflowServer, data_root: Path):
         self.name, self.tracking = name, tracking
-        self.storage = postgres.create_database(name)
+        # One storage (one connection pool) for the test's many polls: a storage per poll would
+        # leave its connections open until collected, and PostgreSQL refuses clients past 100.
+        self.storage = optuna.storages.RDBStorage(postgres.create_database(name))
         self.overrides = [
             f"hydra.sweeper.storage={postgres.url(name)}", f"mlflow.tracking_uri={tracking.url}",
             f"hydra.sweeper.study_name={name}", f"mlflow.experiment_name={name}",
@@ -124,10 +127,17 @@ def test_two_workers_share_one_study_to_exactly_n_trials_with_distinct_draws(
     [parent] = sweep.runs("sweep")
     assert parent.info.status == "FINISHED" and parent.data.metrics["finished_trials"] == 4
     assert (tmp_path / "multirun" / sweep.name / "best" / "model.pt").exists()
-    champion = mlflow.MlflowClient(tracking_server.url).get_model_version_by_alias(
-        sweep.name, "champion"
-    )
-    assert champion.source.startswith("mlflow-artifacts:/")
+    client = mlflow.MlflowClient(tracking_server.url)
+    champion = client.get_model_version_by_alias(sweep.name, "champion")
+    model_id = champion.source.removeprefix("models:/")  # the version is the logged MLflow Model
+    location = client.get_logged_model(model_id).artifact_location
+    assert location.startswith("mlflow-artifacts:/")
+    local = mlflow.artifacts.download_artifacts(
+        location, dst_path=str(tmp_path / "champion"),
+        tracking_uri=tracking_server.url,
+    )  # fmt: skip
+    predictions = mlflow.pyfunc.load_model(local).predict(np.zeros((2, 1, 28, 28), np.float32))
+    assert predictions.shape == (2, 10)
 
 
 def test_a_worker_killed_mid_trial_is_failed_and_replaced_within_the_grace_period(
