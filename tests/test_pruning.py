@@ -3,8 +3,6 @@ the sweep's pruner says so, wherever they run."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import subprocess
 import threading
@@ -16,7 +14,7 @@ import pytest
 from hydra.core.utils import JobReturn, JobStatus
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
-from test_sweep import mlflow_runs, run_sweep, states, study, sweep_command
+from test_sweep import interrupt_mid_trial, mlflow_runs, run_sweep, states, study, sweep_command
 
 from mnist_sweep.sweep.pruning import make_pruner
 from mnist_sweep.sweep.sweeper import ResumableOptunaSweeperImpl
@@ -98,20 +96,7 @@ def test_pruning_in_two_cooperating_processes(data_root: Path, tmp_path: Path) -
 
 def test_a_resumed_sweep_keeps_pruned_trials_pruned(data_root: Path, tmp_path: Path) -> None:
     overrides = [*SMALL, "trainer.epochs=30", "hydra.sweeper.n_trials=4", *ALWAYS]
-    process = subprocess.Popen(
-        sweep_command(data_root, *overrides), cwd=tmp_path,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        with contextlib.suppress(KeyError):  # the journal file exists before the study does
-            seen = states(tmp_path)
-            if TrialState.PRUNED in seen and seen[-1] is TrialState.RUNNING:
-                break
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=60)
-    before = states(tmp_path)
+    before = interrupt_mid_trial(data_root, tmp_path, overrides, signal.SIGKILL, TrialState.PRUNED)
     assert 1 <= before.count(TrialState.PRUNED) < 4
 
     run_sweep(tmp_path, data_root, *overrides)

@@ -20,7 +20,7 @@ import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
-from servers import MlflowServer, Postgres, SlurmCluster
+from servers import MlflowServer, Postgres, ServerError, SlurmCluster
 from test_sweep import mlflow_runs, states, sweep_command
 
 from mnist_sweep.sweep.liveness import OWNER
@@ -219,6 +219,11 @@ class WorkerJob:
             f"--output={folder}/worker-%j.out", "--wrap", script,
         ).strip()  # fmt: skip
 
+    def release(self) -> None:
+        """Let a pending job start now rather than at the begin time SLURM gave it."""
+        with contextlib.suppress(ServerError):  # a job that already started cannot be updated
+            self.slurm.command("scontrol", "update", f"JobId={self.id}", "StartTime=now")
+
     def state(self) -> str:
         out = self.slurm.command("sacct", "-X", "-n", "-P", "-o", "State", "-j", self.id)
         return out.strip().split("\n")[-1].split()[0] if out.strip() else "PENDING"
@@ -239,9 +244,10 @@ def test_a_requeued_worker_job_fails_its_trial_and_resumes_the_study(
     victim = wait_for(lambda: running_trial_with_its_run(sweep))
     slurm.command("scontrol", "requeue", worker.id)  # as SLURM does on preemption
     wait_for(lambda: sweep.trials()[victim.number].state is TrialState.FAIL, GRACE_S + 5)
-    # SLURM holds a requeued job back for a while (its begin time); start it now.
-    slurm.command("scontrol", "update", f"JobId={worker.id}", "StartTime=now")
-    wait_for(lambda: worker.state() == "COMPLETED", 300, 1)
+    # SLURM holds a requeued job back for a while (its begin time); start it now. An update
+    # made while the requeue is still completing is overwritten by it, so repeat it until the
+    # job has run again.
+    wait_for(lambda: worker.release() or worker.state() == "COMPLETED", 300, 1)
     states = [trial.state for trial in sweep.trials()]
     assert states.count(TrialState.COMPLETE) == 2 and TrialState.RUNNING not in states
     runs = {run.data.tags["mnist_sweep.trial_number"]: run for run in sweep.runs()}

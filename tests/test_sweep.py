@@ -50,6 +50,31 @@ def states(folder: Path) -> list[TrialState]:
     return [trial.state for trial in study(folder).trials]
 
 
+def interrupt_mid_trial(
+    data_root: Path,
+    folder: Path,
+    overrides: list[str],
+    stop: signal.Signals,
+    ended: TrialState = TrialState.COMPLETE,
+) -> list[TrialState]:
+    """Start a sweep, send it `stop` once a trial has `ended` and a later one is running, and
+    return the trial states it leaves."""
+    process = subprocess.Popen(
+        sweep_command(data_root, *overrides), cwd=folder,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        with contextlib.suppress(KeyError):  # the journal file exists before the study does
+            seen = states(folder)
+            if ended in seen and seen[-1] is TrialState.RUNNING:
+                break
+        time.sleep(0.02)
+    os.kill(process.pid, stop)
+    process.wait(timeout=60)
+    return states(folder)
+
+
 def mlflow_runs(folder: Path, role: str):
     client = mlflow.MlflowClient(f"sqlite:///{folder}/mlflow.db")
     experiment = client.get_experiment_by_name("mnist_sweep").experiment_id
@@ -113,20 +138,7 @@ def test_interrupted_sweep_resumes_to_exactly_n_trials_without_duplicate_runs(
 ) -> None:
     # Three epochs a trial, so the signal lands inside a trial, not between two.
     overrides = ["hydra.sweeper.n_trials=4", "sweep.min_test_accuracy=0.5", "trainer.epochs=3"]
-    process = subprocess.Popen(
-        sweep_command(data_root, *overrides), cwd=tmp_path,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        with contextlib.suppress(KeyError):  # the journal file exists before the study does
-            seen = states(tmp_path)
-            if TrialState.COMPLETE in seen and seen[-1] is TrialState.RUNNING:
-                break
-        time.sleep(0.02)
-    os.kill(process.pid, stop)
-    process.wait(timeout=60)
-    before = states(tmp_path)
+    before = interrupt_mid_trial(data_root, tmp_path, overrides, stop)
     assert 1 <= before.count(TrialState.COMPLETE) < 4
     if stop is signal.SIGINT:
         # Ctrl-C fails the trial in flight at once (or lets it finish, if its result was being
