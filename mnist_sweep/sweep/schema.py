@@ -27,5 +27,5 @@ def register_schema() -> None:
     """Make `hydra/sweeper: resumable_optuna` available to conf/config.yaml's defaults list."""
     ConfigStore.instance().store(
         group="hydra/sweeper", name="resumable_optuna", node=ResumableOptunaSweeperConf,
-        provider="mnist_sweep",
+        provider="mnist_sweep", replace=True,
     )  # fmt: skip
