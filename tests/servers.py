@@ -25,6 +25,11 @@ PG_CTL = shutil.which("pg_ctl") or max(glob.glob("/usr/lib/postgresql/*/bin/pg_c
 PG_BIN = Path(PG_CTL).resolve().parent
 
 
+# munged's compiled-in socket, a system path like /usr: sacctmgr ignores AuthInfo=socket=, so
+# the cluster's munged must listen where every SLURM command looks.
+MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
+
+
 class ServerError(RuntimeError):
     """A server did not start; the message carries the end of its log."""
 
@@ -184,14 +189,14 @@ class SlurmCluster:
         """munged on its default socket, which SLURM's commands use (started unless running)."""
         if subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode == 0:
             return
-        run = Path("/run/munge")
+        run = MUNGE_SOCKET.parent
         run.mkdir(exist_ok=True)
         account = pwd.getpwnam("munge")
         os.chown(run, account.pw_uid, account.pw_gid)
         munge = self._owned("munge", "munge")
         self._daemon(["munged", "--foreground", f"--log-file={munge}/munged.log",
                       f"--seed-file={munge}/seed"], "munged", "munge")  # fmt: skip
-        wait_until(Path("/run/munge/munge.socket.2").exists, 30, "munged", munge / "munged.log")
+        wait_until(MUNGE_SOCKET.exists, 30, "munged", munge / "munged.log")
 
     def _start_mariadb(self) -> None:
         data = self._owned("mysql", "mysql")
