@@ -238,11 +238,14 @@ PidFile={self.folder}/slurmdbd.pid
 
     def _start_slurm(self) -> None:
         host = socket.gethostname().split(".")[0]
+        # cred_expire: a requeued job starts again only once its old credential has expired,
+        # 120 s by default; 10 s keeps the requeue test short.
         (self.folder / "slurm.conf").write_text(f"""ClusterName={self.name}
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={free_port()}
 SlurmdPort={free_port()}
 AuthType=auth/munge
+AuthInfo=cred_expire=10
 SlurmUser=root
 StateSaveLocation={self.folder}/state
 SlurmdSpoolDir={self.folder}/spool

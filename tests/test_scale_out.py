@@ -208,25 +208,50 @@ def test_trials_run_as_slurm_jobs(slurm: SlurmCluster, data_root: Path, tmp_path
     assert jobs.count("run|COMPLETED") == 2  # submitit names the jobs after run.py
 
 
+SLURM_ENDED = frozenset(
+    {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
+)
+
+
 class WorkerJob:
     """A worker, `python run.py -m`, submitted as a SLURM batch job."""
 
     def __init__(self, slurm: SlurmCluster, sweep: Sweep, folder: Path, *overrides: str):
         script = shlex.join(sweep_command(sweep.data_root, *sweep.overrides, *overrides))
-        self.slurm = slurm
+        self.slurm, self.folder = slurm, folder
         self.id = slurm.command(
-            "sbatch", "--parsable", "--requeue", f"--chdir={folder}",
+            "sbatch", "--parsable", "--requeue", "--open-mode=append", f"--chdir={folder}",
             f"--output={folder}/worker-%j.out", "--wrap", script,
         ).strip()  # fmt: skip
-
-    def release(self) -> None:
-        """Let a pending job start now rather than at the begin time SLURM gave it."""
-        with contextlib.suppress(ServerError):  # a job that already started cannot be updated
-            self.slurm.command("scontrol", "update", f"JobId={self.id}", "StartTime=now")
 
     def state(self) -> str:
         out = self.slurm.command("sacct", "-X", "-n", "-P", "-o", "State", "-j", self.id)
         return out.strip().split("\n")[-1].split()[0] if out.strip() else "PENDING"
+
+    def wait_for_end(self, timeout_s: float) -> str:
+        """Wait until the job has ended (a requeued one: ended again); its final state."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if (state := self.state()) in SLURM_ENDED:
+                return state
+            time.sleep(1)
+        pytest.fail(f"job {self.id} did not end within {timeout_s} s\n{self.diagnosis()}")
+
+    def diagnosis(self) -> str:
+        """SLURM's view of the job and the node, and the job's output, for a failure message."""
+        history = ("sacct", "-D", "-X", "-P", "-o", "JobID,State,ExitCode,Start,End", "-j", self.id)
+        views = [history, ("scontrol", "show", "job", self.id), ("sinfo", "-R")]
+        parts = []
+        for view in views:
+            try:
+                parts.append(self.slurm.command(*view))
+            except ServerError as error:
+                parts.append(str(error))
+        output = self.folder / f"worker-{self.id}.out"
+        parts.append(output.read_text(errors="replace")[-4000:] if output.exists() else "")
+        controller = self.slurm.folder / "slurmctld.log"
+        parts.append(controller.read_text(errors="replace")[-4000:])
+        return "\n----\n".join(parts)
 
 
 def running_trial_with_its_run(sweep: Sweep) -> optuna.trial.FrozenTrial | None:
@@ -244,10 +269,10 @@ def test_a_requeued_worker_job_fails_its_trial_and_resumes_the_study(
     victim = wait_for(lambda: running_trial_with_its_run(sweep))
     slurm.command("scontrol", "requeue", worker.id)  # as SLURM does on preemption
     wait_for(lambda: sweep.trials()[victim.number].state is TrialState.FAIL, GRACE_S + 5)
-    # SLURM holds a requeued job back for a while (its begin time); start it now. An update
-    # made while the requeue is still completing is overwritten by it, so repeat it until the
-    # job has run again.
-    wait_for(lambda: worker.release() or worker.state() == "COMPLETED", 300, 1)
+    # SLURM holds a requeued job back until the old credential expires (the cluster's
+    # cred_expire); starting it sooner fails its launch with "Job credential revoked".
+    state = worker.wait_for_end(300)
+    assert state == "COMPLETED", worker.diagnosis()
     states = [trial.state for trial in sweep.trials()]
     assert states.count(TrialState.COMPLETE) == 2 and TrialState.RUNNING not in states
     runs = {run.data.tags["mnist_sweep.trial_number"]: run for run in sweep.runs()}
