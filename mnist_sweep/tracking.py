@@ -160,18 +160,30 @@ def sweep_runs(
 def sweep_parent(
     client: mlflow.MlflowClient, experiment: str, sweep_id: str, create: bool = False
 ) -> mlflow.entities.Run | None:
-    """The sweep's parent run (the oldest, should two processes have raced to create one)."""
+    """The sweep's parent run (with `create`, made if there is none yet)."""
     parents = sweep_runs(client, experiment, sweep_id, "sweep")
     if not parents and create:
         ours = client.create_run(
             experiment, run_name=f"sweep {sweep_id.rsplit('/', 1)[-1]}",
             tags={SWEEP_ID: sweep_id, ROLE: "sweep"},
         )  # fmt: skip
-        parents = sweep_runs(client, experiment, sweep_id, "sweep")
-        if len(parents) > 1:
-            client.delete_run(ours.info.run_id)
-            parents = [run for run in parents if run.info.run_id != ours.info.run_id]
-    return min(parents, key=lambda run: run.info.start_time, default=None)
+        return keep_one_parent(client, experiment, sweep_id, ours)
+    return min(parents, key=_age, default=None)
+
+
+def keep_one_parent(
+    client: mlflow.MlflowClient, experiment: str, sweep_id: str, ours: mlflow.entities.Run
+) -> mlflow.entities.Run:
+    """After creating parent run `ours`: the parent every worker that raced to create one
+    keeps, the oldest (ties by run id). `ours` is deleted if it is not that one."""
+    kept = min(sweep_runs(client, experiment, sweep_id, "sweep") or [ours], key=_age)
+    if kept.info.run_id != ours.info.run_id:
+        client.delete_run(ours.info.run_id)
+    return kept
+
+
+def _age(run: mlflow.entities.Run) -> tuple[int, str]:
+    return run.info.start_time, run.info.run_id
 
 
 def client_for(config: MlflowConfig) -> tuple[mlflow.MlflowClient, str]:

@@ -17,6 +17,7 @@ import torch
 from optuna.trial import TrialState
 
 import mnist_sweep
+from mnist_sweep import tracking
 from mnist_sweep.data import DataFiles, torchvision_dataset
 from mnist_sweep.sweep import liveness
 from mnist_sweep.sweep.liveness import process_is_gone
@@ -174,6 +175,25 @@ def test_two_processes_share_one_study(data_root: Path, tmp_path: Path) -> None:
     ]
     _, parents = mlflow_runs(tmp_path, "sweep")
     assert len(parents) == 1
+
+
+@pytest.mark.parametrize("older", ["first", "second"])
+def test_workers_that_race_to_create_the_sweep_parent_all_keep_the_same_one(
+    tmp_path: Path, older: str
+) -> None:
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("race")
+    tags = {tracking.SWEEP_ID: "race/study", tracking.ROLE: "sweep"}
+    # Both workers created a parent before either looked again; each then keeps one.
+    first, second = (client.create_run(experiment, tags=tags, start_time=start)
+                     for start in ((1, 2) if older == "first" else (2, 1)))  # fmt: skip
+    kept = [tracking.keep_one_parent(client, experiment, "race/study", ours)
+            for ours in (first, second)]  # fmt: skip
+    assert kept[0].info.run_id == kept[1].info.run_id
+    parent = tracking.sweep_parent(client, experiment, "race/study")
+    assert parent.info.run_id == kept[0].info.run_id
+    assert [run.info.run_id for run in tracking.sweep_runs(
+        client, experiment, "race/study", "sweep")] == [parent.info.run_id]  # fmt: skip
 
 
 def test_sweep_below_the_threshold_keeps_nothing_and_says_so(
