@@ -6,7 +6,9 @@
 Checks out `--before` (default 5aadedf, before issue 13) with `git worktree add` in a
 temporary folder, then times each command alternately with that checkout's run.py and this
 one's, so that the machine's load falls on both alike; prints medians over the repeats and the
-ratios before/after, beside `python -c "import torch"` as a reference:
+ratios before/after, beside two references: `python -c "import torch"`, and the libraries'
+floor under a run's start-up (launch to a fresh SQLite MLflow store with an experiment, in a
+process that imports only torch and MLflow: no Hydra and none of this project's code):
 
 - `run.py --cfg job`: print the composed config;
 - a default run (`python run.py`, a fresh MLflow store; `--run-overrides` shortens it): whole
@@ -83,6 +85,20 @@ def import_torch() -> dict[str, float]:
     return {"process": timed([sys.executable, "-c", "import torch"], REPO)[1]}
 
 
+LIBRARY_FLOOR = """import time, torch, mlflow
+mlflow.MlflowClient("sqlite:///mlflow.db").create_experiment("floor")
+print(time.time())"""
+
+
+def library_floor() -> dict[str, float]:
+    """Launch to a new store's first experiment, in a process that does only that."""
+    with tempfile.TemporaryDirectory() as scratch:
+        launched = time.time()
+        done = subprocess.run([sys.executable, "-c", LIBRARY_FLOOR], cwd=scratch, check=True,
+                              capture_output=True, text=True)  # fmt: skip
+    return {"to store ready": float(done.stdout.split()[-1]) - launched}
+
+
 def checkouts(before: str, folder: Path) -> dict[str, Path]:
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(folder), before],
                    check=True, capture_output=True)  # fmt: skip
@@ -92,7 +108,10 @@ def checkouts(before: str, folder: Path) -> dict[str, Path]:
 def report(results: dict[tuple[str, str], list[dict[str, float]]]) -> None:
     torch_s = statistics.median(r["process"] for r in results["import torch", "reference"])
     print(f'python -c "import torch": {torch_s:.2f} s (median)')
-    for command in dict.fromkeys(command for command, _ in results if command != "import torch"):
+    floor_s = statistics.median(r["to store ready"] for r in results["library floor", "reference"])
+    print(f"library floor, launch to a new SQLite store ready: {floor_s:.2f} s (median)")
+    references = {"import torch", "library floor"}
+    for command in dict.fromkeys(command for command, _ in results if command not in references):
         before, after = results[command, "before"], results[command, "after"]
         for figure in before[0]:
             b = statistics.median(r[figure] for r in before)
@@ -128,6 +147,7 @@ def main() -> None:
                 measure_cfg(run_py)
             for _ in range(args.repeats):
                 results["import torch", "reference"].append(import_torch())
+                results["library floor", "reference"].append(library_floor())
                 for command in args.only:
                     for version, run_py in run_pys.items():
                         results[command, version].append(commands[command](run_py))
