@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -25,13 +26,19 @@ PG_CTL = shutil.which("pg_ctl") or max(glob.glob("/usr/lib/postgresql/*/bin/pg_c
 PG_BIN = Path(PG_CTL).resolve().parent
 
 
-# munged's compiled-in socket, a system path like /usr: sacctmgr ignores AuthInfo=socket=, so
-# the cluster's munged must listen where every SLURM command looks.
-MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
-
-
 class ServerError(RuntimeError):
     """A server did not start; the message carries the end of its log."""
+
+
+def munge_socket() -> Path:
+    """munged's compiled-in socket, as its --help gives it ("[/run/munge/munge.socket.2]" on
+    Debian): sacctmgr ignores AuthInfo=socket=, so the cluster's munged must listen where every
+    SLURM command looks."""
+    usage = subprocess.run(["munged", "--help"], capture_output=True, text=True).stdout
+    found = re.search(r"--socket=PATH.*\[(.+)\]", usage)
+    if found is None:
+        raise ServerError(f"munged --help names no default socket:\n{usage}")
+    return Path(found.group(1))
 
 
 def free_port() -> int:
@@ -189,14 +196,15 @@ class SlurmCluster:
         """munged on its default socket, which SLURM's commands use (started unless running)."""
         if subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode == 0:
             return
-        run = MUNGE_SOCKET.parent
+        socket_path = munge_socket()
+        run = socket_path.parent
         run.mkdir(exist_ok=True)
         account = pwd.getpwnam("munge")
         os.chown(run, account.pw_uid, account.pw_gid)
         munge = self._owned("munge", "munge")
         self._daemon(["munged", "--foreground", f"--log-file={munge}/munged.log",
                       f"--seed-file={munge}/seed"], "munged", "munge")  # fmt: skip
-        wait_until(MUNGE_SOCKET.exists, 30, "munged", munge / "munged.log")
+        wait_until(socket_path.exists, 30, "munged", munge / "munged.log")
 
     def _start_mariadb(self) -> None:
         data = self._owned("mysql", "mysql")
