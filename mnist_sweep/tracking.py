@@ -8,14 +8,16 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import mlflow
 
 from mnist_sweep.config import MlflowConfig
+
+T = TypeVar("T")
 
 # MLflow's artifact download bars and "View run" links would repeat for every trial of a sweep;
 # either variable set in the environment brings them back.
@@ -135,8 +137,25 @@ def log_dataset(name: str, file_digests: Mapping[str, str], source: str) -> mlfl
     # resolve_dataset_source would warn that a local path fits two registered source types.
     local = get_dataset_source_from_json(json.dumps({"uri": source}), "local")
     dataset = MetaDataset(local, name=name, digest=digest)
-    mlflow.log_input(dataset, context="training")
+    # A sweep's workers log the same dataset into one experiment, often at the same moment.
+    once_more_if_raced(mlflow.log_input, dataset, context="training")
     return dataset
+
+
+def once_more_if_raced(write: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`write(*args, **kwargs)`, repeated once if the store refused it as a bad request.
+
+    MLflow's SQL store adds a tag or a dataset that a read found missing: of two processes
+    adding the same one at once, one fails on the duplicate key (a BAD_REQUEST). The row
+    exists by then, so the second try updates or links it. A request that is really bad fails
+    again, with its own message.
+    """
+    try:
+        return write(*args, **kwargs)
+    except mlflow.exceptions.MlflowException as error:
+        if error.error_code != "BAD_REQUEST":
+            raise
+        return write(*args, **kwargs)
 
 
 SWEEP_ID = "mnist_sweep.sweep_id"

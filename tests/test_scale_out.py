@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,9 @@ from optuna.trial import TrialState
 from servers import MlflowServer, Postgres, ServerError, SlurmCluster
 from test_sweep import mlflow_runs, states, sweep_command
 
+from mnist_sweep import tracking
+from mnist_sweep.config import SweepConfig
+from mnist_sweep.sweep.keep import register
 from mnist_sweep.sweep.liveness import OWNER
 
 HEARTBEAT_S, GRACE_S = 1, 4
@@ -116,8 +120,10 @@ def test_two_workers_share_one_study_to_exactly_n_trials_with_distinct_draws(
     workers = [sweep.start(tmp_path, "hydra.sweeper.n_trials=4") for _ in range(2)]
     for worker in workers:
         finish(worker)
+    logs = [worker.log.read_text() for worker in workers]
     trials = sweep.study().trials
-    assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 4
+    assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 4, logs
+    assert all("Kept trial" in log for log in logs), logs  # both registered, neither failed
     assert len({tuple(sorted(trial.params.items())) for trial in trials}) == 4
     assert len({trial.system_attrs[OWNER] for trial in trials}) == 2  # both workers ran some
     runs = sweep.runs()
@@ -138,6 +144,78 @@ def test_two_workers_share_one_study_to_exactly_n_trials_with_distinct_draws(
     )  # fmt: skip
     predictions = mlflow.pyfunc.load_model(local).predict(np.zeros((2, 1, 28, 28), np.float32))
     assert predictions.shape == (2, 10)
+
+
+def at_once(work, *args, workers: int = 2) -> list:
+    """`work(*args)` in `workers` threads released together; their results, or the first
+    error."""
+    start, results = threading.Barrier(workers), []
+
+    def run() -> None:
+        start.wait()
+        try:
+            results.append(work(*args))
+        except Exception as error:
+            results.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
+
+
+def log_dataset_in_a_new_run(experiment: str) -> str:
+    with mlflow.start_run(experiment_id=experiment) as run:
+        tracking.log_dataset("mnist", {"file": "0" * 64}, "/data/mnist")
+        return run.info.run_id
+
+
+def test_workers_logging_the_dataset_at_once_all_record_it(
+    tracking_server: MlflowServer,
+) -> None:
+    """The store adds a dataset new to an experiment by a read, then an insert: two runs
+    logging it at once used to fail one trial on the duplicate key."""
+    client = mlflow.MlflowClient(tracking_server.url)
+    mlflow.set_tracking_uri(tracking_server.url)
+    for attempt in range(10):  # the race is lost often, not always
+        experiment = client.create_experiment(f"dataset_race_{attempt}")
+
+        for run_id in at_once(log_dataset_in_a_new_run, experiment):
+            [logged] = client.get_run(run_id).inputs.dataset_inputs
+            assert logged.dataset.name == "mnist"
+
+
+def test_workers_ending_at_once_both_tag_the_sweeps_run(tracking_server: MlflowServer) -> None:
+    """Each worker tags the parent run with the best trial as it ends: a new tag is a read,
+    then an insert, and the slower of two tagging at once used to fail."""
+    client = mlflow.MlflowClient(tracking_server.url)
+    experiment = client.create_experiment("tag_race")
+    for _ in range(10):  # the race is lost often, not always
+        run_id = client.create_run(experiment).info.run_id
+        at_once(tracking.once_more_if_raced, client.set_tag, run_id, "best_trial", "trial_3")
+        assert client.get_run(run_id).data.tags["best_trial"] == "trial_3"
+
+
+def test_workers_registering_the_best_run_at_once_leave_one_version(
+    tracking_server: MlflowServer,
+) -> None:
+    client = mlflow.MlflowClient(tracking_server.url)
+    experiment = client.create_experiment("register_race")
+    for attempt in range(5):  # the race is lost often, not always
+        run = client.create_run(experiment)
+        model = client.create_logged_model(experiment, source_run_id=run.info.run_id)
+        config = SweepConfig(min_test_accuracy=0.5, registered_model=f"register_race_{attempt}",
+                             alias="champion")  # fmt: skip
+        versions = at_once(register, client, run, model.model_id, config)
+        assert versions == ["1", "1"]
+        [kept] = client.search_model_versions(f"name = '{config.registered_model}'")
+        assert kept.version == "1" and kept.run_id == run.info.run_id
+        assert client.get_model_version_by_alias(config.registered_model, "champion").version == "1"
 
 
 def test_a_worker_killed_mid_trial_is_failed_and_replaced_within_the_grace_period(

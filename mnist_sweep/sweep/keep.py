@@ -10,6 +10,7 @@ from pathlib import Path
 
 import mlflow
 from mlflow.entities import LoggedModel
+from mlflow.entities.model_registry import ModelVersion
 
 from mnist_sweep import tracking
 from mnist_sweep.config import SweepConfig
@@ -76,14 +77,32 @@ def logged_model(client: mlflow.MlflowClient, run: mlflow.entities.Run) -> Logge
 def register(
     client: mlflow.MlflowClient, run: mlflow.entities.Run, model_id: str, config: SweepConfig
 ) -> str:
-    """Register the run's logged model in the Model Registry and point the alias at it."""
-    if not client.search_registered_models(f"name = '{config.registered_model}'"):
-        client.create_registered_model(config.registered_model)
-    same_run = client.search_model_versions(
-        f"name = '{config.registered_model}' AND run_id = '{run.info.run_id}'"
-    )
-    version = same_run[0] if same_run else client.create_model_version(
-        config.registered_model, f"models:/{model_id}", run.info.run_id, model_id=model_id
-    )  # fmt: skip
-    client.set_registered_model_alias(config.registered_model, config.alias, version.version)
-    return version.version
+    """Register the run's logged model in the Model Registry and point the alias at it.
+
+    Workers of one sweep that end together may register the same run at once: each accepts
+    the registered model another created, and of the versions they made of the run, all keep
+    the first (numbers only grow, so whoever made a later one sees the earlier).
+    """
+    name = config.registered_model
+    if not client.search_registered_models(f"name = '{name}'"):
+        try:
+            client.create_registered_model(name)
+        except mlflow.exceptions.MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+    query = f"name = '{name}' AND run_id = '{run.info.run_id}'"
+    versions = client.search_model_versions(query)
+    if not versions:
+        ours = client.create_model_version(
+            name, f"models:/{model_id}", run.info.run_id, model_id=model_id
+        )
+        versions = client.search_model_versions(query)
+        if first(versions).version != ours.version:
+            client.delete_model_version(name, ours.version)
+    version = first(versions).version
+    client.set_registered_model_alias(name, config.alias, version)
+    return version
+
+
+def first(versions: list[ModelVersion]) -> ModelVersion:
+    return min(versions, key=lambda version: int(version.version))

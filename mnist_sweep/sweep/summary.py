@@ -133,7 +133,8 @@ def log_summary(
             files[-1].write_text(json.dumps(best, indent=2))
             client.log_metric(parent_run_id, f"best_{OBJECTIVE}", best[OBJECTIVE])
             client.log_metric(parent_run_id, "best_test_accuracy", best["test_accuracy"])
-            client.set_tag(parent_run_id, "best_trial", best["trial"])
+            # Every worker of the sweep sets it as it ends, maybe at the same moment.
+            tracking.once_more_if_raced(client.set_tag, parent_run_id, "best_trial", best["trial"])
         client.log_metric(parent_run_id, "finished_trials", len(finished))
         client.log_metric(parent_run_id, "pruned_trials", len(rows) - len(finished))
         study = study_of(hydra_cfg)
