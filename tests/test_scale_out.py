@@ -169,25 +169,28 @@ def at_once(work, *args, workers: int = 2) -> list:
     return results
 
 
-def log_dataset_in_a_new_run(experiment: str) -> str:
+def log_dataset_in_a_new_run(experiment: str, source: Path) -> str:
     with mlflow.start_run(experiment_id=experiment) as run:
-        tracking.log_dataset("mnist", {"file": "0" * 64}, "/data/mnist")
+        tracking.log_dataset("mnist", {"file": "0" * 64}, str(source))
         return run.info.run_id
 
 
 def test_workers_logging_the_dataset_at_once_all_record_it(
-    tracking_server: MlflowServer,
+    tracking_server: MlflowServer, data_root: Path
 ) -> None:
     """The store adds a dataset new to an experiment by a read, then an insert: two runs
     logging it at once used to fail one trial on the duplicate key."""
     client = mlflow.MlflowClient(tracking_server.url)
-    mlflow.set_tracking_uri(tracking_server.url)
-    for attempt in range(10):  # the race is lost often, not always
-        experiment = client.create_experiment(f"dataset_race_{attempt}")
-
-        for run_id in at_once(log_dataset_in_a_new_run, experiment):
-            [logged] = client.get_run(run_id).inputs.dataset_inputs
-            assert logged.dataset.name == "mnist"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_server.url)  # log_dataset logs to the active run
+    try:
+        for attempt in range(10):  # the race is lost often, not always
+            experiment = client.create_experiment(f"dataset_race_{attempt}")
+            for run_id in at_once(log_dataset_in_a_new_run, experiment, data_root):
+                [logged] = client.get_run(run_id).inputs.dataset_inputs
+                assert logged.dataset.name == "mnist"
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def test_workers_ending_at_once_both_tag_the_sweeps_run(tracking_server: MlflowServer) -> None:
