@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import mlflow
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from mnist_sweep.config import MlflowConfig
 
@@ -182,23 +183,39 @@ def sweep_parent(
     """The sweep's parent run (with `create`, made if there is none yet)."""
     parents = sweep_runs(client, experiment, sweep_id, "sweep")
     if not parents and create:
-        ours = client.create_run(
+        client.create_run(
             experiment, run_name=f"sweep {sweep_id.rsplit('/', 1)[-1]}",
             tags={SWEEP_ID: sweep_id, ROLE: "sweep"},
         )  # fmt: skip
-        return keep_one_parent(client, experiment, sweep_id, ours)
+        return keep_one_parent(client, experiment, sweep_id)
     return min(parents, key=_age, default=None)
 
 
 def keep_one_parent(
-    client: mlflow.MlflowClient, experiment: str, sweep_id: str, ours: mlflow.entities.Run
+    client: mlflow.MlflowClient, experiment: str, sweep_id: str
 ) -> mlflow.entities.Run:
-    """After creating parent run `ours`: the parent every worker that raced to create one
-    keeps, the oldest (ties by run id). `ours` is deleted if it is not that one."""
-    kept = min(sweep_runs(client, experiment, sweep_id, "sweep") or [ours], key=_age)
-    if kept.info.run_id != ours.info.run_id:
-        client.delete_run(ours.info.run_id)
+    """After creating a parent run: the one every worker that raced to create one keeps, the
+    oldest (ties by run id); the others it sees are deleted.
+
+    Of two workers that raced, at least one sees both parents (each looks after its own is
+    stored), so only the oldest survives, even when the other worker saw its own alone.
+    """
+    parents = sweep_runs(client, experiment, sweep_id, "sweep")
+    kept = min(parents, key=_age)
+    for parent in parents:
+        if parent.info.run_id != kept.info.run_id:
+            client.delete_run(parent.info.run_id)
     return kept
+
+
+def nest_under(
+    client: mlflow.MlflowClient, parent: mlflow.entities.Run, trials: list[mlflow.entities.Run]
+) -> None:
+    """Point trials at `parent`: a worker's first trial may have been tagged with the parent
+    it created, before a racing worker's older one made it go."""
+    for trial in trials:
+        if trial.data.tags.get(MLFLOW_PARENT_RUN_ID) != parent.info.run_id:
+            client.set_tag(trial.info.run_id, MLFLOW_PARENT_RUN_ID, parent.info.run_id)
 
 
 def _age(run: mlflow.entities.Run) -> tuple[int, str]:
@@ -220,7 +237,7 @@ def trial_tags(
     tags = {SWEEP_ID: sweep_id, TRIAL: trial, TRIAL_NUMBER: str(number), ROLE: "trial",
             OWNER: owner}  # fmt: skip
     if parent is not None:
-        tags["mlflow.parentRunId"] = parent.info.run_id
+        tags[MLFLOW_PARENT_RUN_ID] = parent.info.run_id
     return tags
 
 

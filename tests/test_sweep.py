@@ -14,6 +14,7 @@ import mlflow
 import optuna
 import pytest
 import torch
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import TrialState
 
 import mnist_sweep
@@ -187,13 +188,34 @@ def test_workers_that_race_to_create_the_sweep_parent_all_keep_the_same_one(
     # Both workers created a parent before either looked again; each then keeps one.
     first, second = (client.create_run(experiment, tags=tags, start_time=start)
                      for start in ((1, 2) if older == "first" else (2, 1)))  # fmt: skip
-    kept = [tracking.keep_one_parent(client, experiment, "race/study", ours)
-            for ours in (first, second)]  # fmt: skip
+    kept = [tracking.keep_one_parent(client, experiment, "race/study") for _ in (first, second)]
     assert kept[0].info.run_id == kept[1].info.run_id
     parent = tracking.sweep_parent(client, experiment, "race/study")
     assert parent.info.run_id == kept[0].info.run_id
     assert [run.info.run_id for run in tracking.sweep_runs(
         client, experiment, "race/study", "sweep")] == [parent.info.run_id]  # fmt: skip
+
+
+def test_a_parent_kept_before_an_older_one_appeared_gives_way_and_its_trials_move(
+    tmp_path: Path,
+) -> None:
+    """A worker that looked before a racing worker's parent was stored kept its own; the other
+    worker, whose clock put its parent first, sees both and must delete that one."""
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("race")
+    tags = {tracking.SWEEP_ID: "race/study", tracking.ROLE: "sweep"}
+    newer = client.create_run(experiment, tags=tags, start_time=2)
+    assert tracking.keep_one_parent(client, experiment, "race/study").info.run_id == (
+        newer.info.run_id
+    )
+    trial = client.create_run(experiment, tags={MLFLOW_PARENT_RUN_ID: newer.info.run_id})
+    older = client.create_run(experiment, tags=tags, start_time=1)
+    kept = tracking.keep_one_parent(client, experiment, "race/study")
+    assert kept.info.run_id == older.info.run_id
+    assert [run.info.run_id for run in tracking.sweep_runs(
+        client, experiment, "race/study", "sweep")] == [older.info.run_id]  # fmt: skip
+    tracking.nest_under(client, kept, [client.get_run(trial.info.run_id)])
+    assert client.get_run(trial.info.run_id).data.tags[MLFLOW_PARENT_RUN_ID] == older.info.run_id
 
 
 def test_sweep_below_the_threshold_keeps_nothing_and_says_so(

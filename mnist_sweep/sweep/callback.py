@@ -49,6 +49,7 @@ class SweepCallback(Callback):
         identity = sweep_id(config.hydra)
         parent = tracking.sweep_parent(client, experiment, identity, create=True)
         trials = tracking.sweep_runs(client, experiment, identity, "trial")
+        tracking.nest_under(client, parent, trials)
         summary.log_summary(client, parent.info.run_id, trials, config.hydra)
         finished = [run for run in trials if run.info.status == "FINISHED"]
         keep_best(client, finished, run_config.sweep, Path(config.hydra.sweep.dir) / "best")
