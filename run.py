@@ -17,11 +17,8 @@ from mnist_sweep.sweep import plugin
 register_schema()
 plugin.register()
 
-# Our own callback and console log handler, which Hydra instantiates from conf/config.yaml.
-TRUSTED_TARGETS = [
-    "mnist_sweep.sweep.callback.SweepCallback",
-    "mnist_sweep.progress.ConsoleHandler",
-]
+# Our own console log handler, which Hydra instantiates from conf/config.yaml.
+TRUSTED_TARGETS = ["mnist_sweep.progress.ConsoleHandler"]
 
 
 @hydra.main(config_path="conf", config_name="config", execution_whitelist=TRUSTED_TARGETS)

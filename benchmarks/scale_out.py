@@ -107,7 +107,7 @@ def recovery(postgres: Postgres, tracking: MlflowServer, interval: int = 2, grac
                 (
                     t
                     for t in trials(postgres, name, TrialState.RUNNING)
-                    if t.system_attrs.get("mnist_sweep.owner") == owner
+                    if t.user_attrs.get("mnist_sweep.owner") == owner
                 ),
                 None,
             )

@@ -60,6 +60,8 @@ def _positive(value: float, key: str) -> None:
     _require(math.isfinite(value) and value > 0, key, f"must be positive, got {value}")
 
 
+# MNIST and Fashion-MNIST both have 60,000 training images, the validation split among them.
+TRAIN_IMAGES = 60_000
 # 28 -> 14 -> 7 -> 3 -> 1 pixels: a CNN has room for four 2x2 poolings.
 MAX_CNN_STAGES = 4
 
@@ -189,7 +191,11 @@ class DataConfig:
         _positive(self.batch_size, "data.batch_size")
         _positive(self.eval_batch_size, "data.eval_batch_size")
         _positive(self.std, "data.std")
-        _require(self.val_size > 0, "data.val_size", f"must be positive, got {self.val_size}")
+        _require(
+            0 < self.val_size < TRAIN_IMAGES,
+            "data.val_size",
+            f"must be between 1 and {TRAIN_IMAGES - 1} (the training images), got {self.val_size}",
+        )
         if self.train_subset is not None:
             _positive(self.train_subset, "data.train_subset")
 
@@ -227,6 +233,15 @@ class MlflowConfig:
     experiment_name: str = MISSING
     run_name: str | None = MISSING
 
+    def check(self) -> None:
+        _require(bool(self.experiment_name.strip()), "mlflow.experiment_name", "must not be empty")
+
+
+class Promote(StrEnum):
+    if_better = "if_better"  # only over a worse champion measured on the same data and split
+    always = "always"
+    never = "never"
+
 
 @dataclass
 class SweepConfig:
@@ -234,6 +249,8 @@ class SweepConfig:
     min_test_accuracy: float = MISSING
     registered_model: str = MISSING
     alias: str = MISSING
+    # When the kept version takes `alias` from the current holder (README "The champion").
+    promote: Promote = Promote.if_better
 
 
 @dataclass
@@ -246,7 +263,7 @@ class RunConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def check(self) -> None:
-        for group in (self.model, self.optimizer, self.data, self.trainer):
+        for group in (self.model, self.optimizer, self.data, self.trainer, self.mlflow):
             group.check()
 
 

@@ -42,7 +42,7 @@ def run(cfg: DictConfig, output_dir: Path, job: SweepJob | None = None) -> float
         dataset = _log_dataset(config)
         model = build_model(config.model).to(target)
         augment = make_augment(config.data.augment, target, config.trainer.seed)
-        trial = pruning.current_trial() if job is not None else None
+        trial = pruning.current_trial(job)
         training_started = time.perf_counter()
         with _progress(config) as on_epoch, pruning.ends_killed_when_pruned():
             history = fit(

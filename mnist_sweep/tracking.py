@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import mlflow
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from mnist_sweep.config import MlflowConfig
 
@@ -167,83 +166,7 @@ TRIAL_NUMBER = "mnist_sweep.trial_number"  # the Optuna trial number (Hydra's jo
 PRUNED_AT_EPOCH = "mnist_sweep.pruned_at_epoch"  # on a trial's run that its pruner stopped
 
 
-def sweep_runs(
-    client: mlflow.MlflowClient, experiment: str, sweep_id: str, role: str, status: str = ""
-) -> list[mlflow.entities.Run]:
-    """Runs of one sweep: its parent (`role="sweep"`) or its trials (`role="trial"`)."""
-    query = f"tags.`{SWEEP_ID}` = '{sweep_id}' AND tags.`{ROLE}` = '{role}'"
-    if status:
-        query += f" AND attributes.status = '{status}'"
-    return client.search_runs([experiment], query, max_results=50_000)
-
-
-def sweep_parent(
-    client: mlflow.MlflowClient, experiment: str, sweep_id: str, create: bool = False
-) -> mlflow.entities.Run | None:
-    """The sweep's parent run (with `create`, made if there is none yet)."""
-    parents = sweep_runs(client, experiment, sweep_id, "sweep")
-    if not parents and create:
-        client.create_run(
-            experiment, run_name=f"sweep {sweep_id.rsplit('/', 1)[-1]}",
-            tags={SWEEP_ID: sweep_id, ROLE: "sweep"},
-        )  # fmt: skip
-        return keep_one_parent(client, experiment, sweep_id)
-    return min(parents, key=_age, default=None)
-
-
-def keep_one_parent(
-    client: mlflow.MlflowClient, experiment: str, sweep_id: str
-) -> mlflow.entities.Run:
-    """After creating a parent run: the one every worker that raced to create one keeps, the
-    oldest (ties by run id); the others it sees are deleted.
-
-    Of two workers that raced, at least one sees both parents (each looks after its own is
-    stored), so only the oldest survives, even when the other worker saw its own alone.
-    """
-    parents = sweep_runs(client, experiment, sweep_id, "sweep")
-    kept = min(parents, key=_age)
-    for parent in parents:
-        if parent.info.run_id != kept.info.run_id:
-            client.delete_run(parent.info.run_id)
-    return kept
-
-
-def nest_under(
-    client: mlflow.MlflowClient, parent: mlflow.entities.Run, trials: list[mlflow.entities.Run]
-) -> None:
-    """Point trials at `parent`: a worker's first trial may have been tagged with the parent
-    it created, before a racing worker's older one made it go."""
-    for trial in trials:
-        if trial.data.tags.get(MLFLOW_PARENT_RUN_ID) != parent.info.run_id:
-            client.set_tag(trial.info.run_id, MLFLOW_PARENT_RUN_ID, parent.info.run_id)
-
-
-def _age(run: mlflow.entities.Run) -> tuple[int, str]:
-    return run.info.start_time, run.info.run_id
-
-
 def client_for(config: MlflowConfig) -> tuple[mlflow.MlflowClient, str]:
     """A client of `config.tracking_uri` and the id of `config.experiment_name`."""
     experiment = experiment_id(config)
     return mlflow.MlflowClient(config.tracking_uri), experiment
-
-
-def trial_tags(
-    config: MlflowConfig, sweep_id: str, trial: str, number: int, owner: str
-) -> dict[str, str]:
-    """Tags that nest a trial's run under its sweep's parent run in the MLflow UI."""
-    client, experiment = client_for(config)
-    parent = sweep_parent(client, experiment, sweep_id)
-    tags = {SWEEP_ID: sweep_id, TRIAL: trial, TRIAL_NUMBER: str(number), ROLE: "trial",
-            OWNER: owner}  # fmt: skip
-    if parent is not None:
-        tags[MLFLOW_PARENT_RUN_ID] = parent.info.run_id
-    return tags
-
-
-def fail_trial_runs(config: MlflowConfig, sweep_id: str, number: int) -> None:
-    """Mark FAILED the RUNNING MLflow runs of trial `number` of a sweep (its worker is gone)."""
-    client, experiment = client_for(config)
-    for run in sweep_runs(client, experiment, sweep_id, "trial", "RUNNING"):
-        if run.data.tags.get(TRIAL_NUMBER) == str(number):
-            client.set_terminated(run.info.run_id, "FAILED")

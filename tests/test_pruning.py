@@ -14,10 +14,11 @@ import pytest
 from hydra.core.utils import JobReturn, JobStatus
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
-from test_sweep import interrupt_mid_trial, mlflow_runs, run_sweep, states, study, sweep_command
 
 from mnist_sweep.sweep.pruning import make_pruner
 from mnist_sweep.sweep.sweeper import ResumableOptunaSweeperImpl
+
+from sweeps import interrupt_mid_trial, mlflow_runs, run_sweep, states, study, sweep_command
 
 # In place of the default pruner: any validation accuracy is below 1.0, so every trial is
 # pruned after its first epoch.

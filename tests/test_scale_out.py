@@ -21,13 +21,14 @@ import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
-from servers import MlflowServer, Postgres, ServerError, SlurmCluster
-from test_sweep import mlflow_runs, states, sweep_command
 
 from mnist_sweep import tracking
 from mnist_sweep.config import SweepConfig
 from mnist_sweep.sweep.keep import register
 from mnist_sweep.sweep.liveness import OWNER
+
+from servers import MlflowServer, Postgres, ServerError, SlurmCluster
+from sweeps import mlflow_runs, states, sweep_command
 
 HEARTBEAT_S, GRACE_S = 1, 4
 
@@ -125,7 +126,7 @@ def test_two_workers_share_one_study_to_exactly_n_trials_with_distinct_draws(
     assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 4, logs
     assert all("Kept trial" in log for log in logs), logs  # both registered, neither failed
     assert len({tuple(sorted(trial.params.items())) for trial in trials}) == 4
-    assert len({trial.system_attrs[OWNER] for trial in trials}) == 2  # both workers ran some
+    assert len({trial.user_attrs[OWNER] for trial in trials}) == 2  # both workers ran some
     runs = sweep.runs()
     assert sorted(int(run.data.tags["mnist_sweep.trial_number"]) for run in runs) == [0, 1, 2, 3]
     assert {run.info.status for run in runs} == {"FINISHED"}
@@ -232,7 +233,7 @@ def test_a_worker_killed_mid_trial_is_failed_and_replaced_within_the_grace_perio
 
     def doomed_trial_in_its_run() -> list[optuna.trial.FrozenTrial]:
         running = sweep.trials(TrialState.RUNNING)
-        mine = [t for t in running if t.system_attrs.get(OWNER) == doomed_owner]
+        mine = [t for t in running if t.user_attrs.get(OWNER) == doomed_owner]
         numbers = {run.data.tags.get("mnist_sweep.trial_number") for run in sweep.runs()}
         return [t for t in mine if str(t.number) in numbers]
 

@@ -10,6 +10,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mnist_sweep.config import register_schema
+from mnist_sweep.sweep.checks import check_sweeper
+from mnist_sweep.sweep.errors import SweepError
 from mnist_sweep.sweep.storage import database_url, make_storage
 
 from conftest import CONF_DIR
@@ -51,7 +53,12 @@ def test_the_journal_config_is_instantiated(tmp_path: Path) -> None:
     [(0, 10, "heartbeat_interval=0"), (5, -1, "grace_period=-1"), (10, 10, "must exceed")],
 )
 def test_bad_heartbeat_settings_are_refused_by_name(
-    tmp_path: Path, interval: int, grace: int, message: str
+    interval: int, grace: int, message: str
 ) -> None:
-    with pytest.raises(ValueError, match=message):
-        make_storage(f"sqlite:///{tmp_path}/optuna.db", interval, grace)
+    register_schema()
+    overrides = [f"hydra.sweeper.heartbeat_interval={interval}",
+                 f"hydra.sweeper.grace_period={grace}"]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        sweeper = compose("config", overrides, return_hydra_config=True).hydra.sweeper
+    with pytest.raises(SweepError, match=message):
+        check_sweeper(sweeper, "maximize")

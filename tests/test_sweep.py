@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -20,67 +18,11 @@ from optuna.trial import TrialState
 import mnist_sweep
 from mnist_sweep import tracking
 from mnist_sweep.data import DataFiles, torchvision_dataset
-from mnist_sweep.sweep import liveness
+from mnist_sweep.sweep import liveness, records
 from mnist_sweep.sweep.liveness import process_is_gone
 from mnist_sweep.sweep.sweeper import is_grid
 
-RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
-
-
-def sweep_command(data_root: Path, *overrides: str) -> list[str]:
-    return [sys.executable, str(RUN_PY), "-m", f"data.root={data_root}",
-            "data.train_subset=3000", "trainer.epochs=1", *overrides]  # fmt: skip
-
-
-def run_sweep(folder: Path, data_root: Path, *overrides: str) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        sweep_command(data_root, *overrides), cwd=folder, capture_output=True, text=True,
-        timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
-
-
-def study(folder: Path, name: str = "mlp") -> optuna.Study:
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(folder / "optuna_journal.log"))
-    )
-    return optuna.load_study(study_name=name, storage=storage)
-
-
-def states(folder: Path) -> list[TrialState]:
-    return [trial.state for trial in study(folder).trials]
-
-
-def interrupt_mid_trial(
-    data_root: Path,
-    folder: Path,
-    overrides: list[str],
-    stop: signal.Signals,
-    ended: TrialState = TrialState.COMPLETE,
-) -> list[TrialState]:
-    """Start a sweep, send it `stop` once a trial has `ended` and a later one is running, and
-    return the trial states it leaves."""
-    process = subprocess.Popen(
-        sweep_command(data_root, *overrides), cwd=folder,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        with contextlib.suppress(KeyError):  # the journal file exists before the study does
-            seen = states(folder)
-            if ended in seen and seen[-1] is TrialState.RUNNING:
-                break
-        time.sleep(0.02)
-    os.kill(process.pid, stop)
-    process.wait(timeout=60)
-    return states(folder)
-
-
-def mlflow_runs(folder: Path, role: str):
-    client = mlflow.MlflowClient(f"sqlite:///{folder}/mlflow.db")
-    experiment = client.get_experiment_by_name("mnist_sweep").experiment_id
-    return client, client.search_runs([experiment], f"tags.`mnist_sweep.role` = '{role}'")
+from sweeps import interrupt_mid_trial, mlflow_runs, run_sweep, states, study, sweep_command
 
 
 def test_sweep_tracks_every_trial_under_its_sweep_and_keeps_the_best(
@@ -188,11 +130,11 @@ def test_workers_that_race_to_create_the_sweep_parent_all_keep_the_same_one(
     # Both workers created a parent before either looked again; each then keeps one.
     first, second = (client.create_run(experiment, tags=tags, start_time=start)
                      for start in ((1, 2) if older == "first" else (2, 1)))  # fmt: skip
-    kept = [tracking.keep_one_parent(client, experiment, "race/study") for _ in (first, second)]
+    kept = [records.keep_one_parent(client, experiment, "race/study") for _ in (first, second)]
     assert kept[0].info.run_id == kept[1].info.run_id
-    parent = tracking.sweep_parent(client, experiment, "race/study")
+    parent = records.sweep_parent(client, experiment, "race/study")
     assert parent.info.run_id == kept[0].info.run_id
-    assert [run.info.run_id for run in tracking.sweep_runs(
+    assert [run.info.run_id for run in records.sweep_runs(
         client, experiment, "race/study", "sweep")] == [parent.info.run_id]  # fmt: skip
 
 
@@ -205,16 +147,16 @@ def test_a_parent_kept_before_an_older_one_appeared_gives_way_and_its_trials_mov
     experiment = client.create_experiment("race")
     tags = {tracking.SWEEP_ID: "race/study", tracking.ROLE: "sweep"}
     newer = client.create_run(experiment, tags=tags, start_time=2)
-    assert tracking.keep_one_parent(client, experiment, "race/study").info.run_id == (
+    assert records.keep_one_parent(client, experiment, "race/study").info.run_id == (
         newer.info.run_id
     )
     trial = client.create_run(experiment, tags={MLFLOW_PARENT_RUN_ID: newer.info.run_id})
     older = client.create_run(experiment, tags=tags, start_time=1)
-    kept = tracking.keep_one_parent(client, experiment, "race/study")
+    kept = records.keep_one_parent(client, experiment, "race/study")
     assert kept.info.run_id == older.info.run_id
-    assert [run.info.run_id for run in tracking.sweep_runs(
+    assert [run.info.run_id for run in records.sweep_runs(
         client, experiment, "race/study", "sweep")] == [older.info.run_id]  # fmt: skip
-    tracking.nest_under(client, kept, [client.get_run(trial.info.run_id)])
+    records.nest_under(client, kept, [client.get_run(trial.info.run_id)])
     assert client.get_run(trial.info.run_id).data.tags[MLFLOW_PARENT_RUN_ID] == older.info.run_id
 
 
@@ -251,17 +193,28 @@ def test_parallel_trials_with_the_joblib_launcher(data_root: Path, tmp_path: Pat
     assert sorted(run.data.tags["mnist_sweep.trial"] for run in trials) == ["trial_0", "trial_1"]
 
 
-def test_comma_lists_run_a_plain_grid(data_root: Path, tmp_path: Path) -> None:
-    run_sweep(tmp_path, data_root, "optimizer=adam,sgd", "data.batch_size=128,256")
+def test_comma_lists_run_a_plain_grid_apart_from_the_study(data_root: Path, tmp_path: Path) -> None:
+    run_sweep(tmp_path, data_root, "hydra.sweeper.n_trials=1", "sweep.min_test_accuracy=0.5")
+    client, [study_parent] = mlflow_runs(tmp_path, "sweep")
+    done = run_sweep(tmp_path, data_root, "optimizer=adam,sgd", "data.batch_size=128,256",
+                     "sweep.min_test_accuracy=0.5")  # fmt: skip
     _, trials = mlflow_runs(tmp_path, "trial")
-    pairs = {
-        (run.data.params["optimizer.name"], run.data.params["data.batch_size"]) for run in trials
-    }
+    grid_trials = [run for run in trials if run.data.tags["mnist_sweep.sweep_id"] != "mlp"]
+    pairs = {(run.data.params["optimizer.name"], run.data.params["data.batch_size"])
+             for run in grid_trials}  # fmt: skip
     assert pairs == {("adam", "128"), ("adam", "256"), ("sgd", "128"), ("sgd", "256")}
-    with pytest.raises(KeyError):  # no Optuna study: a grid asks no sampler
-        study(tmp_path)
-    folders = sorted(path.name for path in (tmp_path / "multirun" / "mlp").glob("grid_*"))
-    assert len(folders) == 4 and folders[0].endswith("_0")
+    assert len(study(tmp_path).trials) == 1  # a grid asks no sampler and adds no trial
+    [grid] = (tmp_path / "multirun" / "mlp").glob("grid_*")
+    assert sorted(path.name for path in grid.iterdir()) == ["0", "1", "2", "3", "best"]
+    # Its own parent run; the study's parent, its trial count and trials.md are untouched.
+    _, parents = mlflow_runs(tmp_path, "sweep")
+    [grid_parent] = [run for run in parents if run.info.run_id != study_parent.info.run_id]
+    assert grid_parent.data.tags["mnist_sweep.sweep_id"] == f"mlp/{grid.name}"
+    assert {run.data.tags[MLFLOW_PARENT_RUN_ID] for run in grid_trials} == {grid_parent.info.run_id}
+    assert client.get_run(study_parent.info.run_id).data.metrics == study_parent.data.metrics
+    table = client.download_artifacts(study_parent.info.run_id, "trials.md", str(tmp_path))
+    assert Path(table).read_text().count("trial_") == 1
+    assert f"@best_mlp_{grid.name}" in done.stdout + done.stderr
 
 
 def test_abandoned_trials_are_those_of_dead_or_missing_owners(monkeypatch) -> None:
@@ -271,12 +224,12 @@ def test_abandoned_trials_are_those_of_dead_or_missing_owners(monkeypatch) -> No
     assert not liveness.is_abandoned(frozen(), by_pid=True)  # just asked: being claimed
     monkeypatch.setattr(liveness, "OWNER_GRACE_S", -1.0)
     assert liveness.is_abandoned(frozen(), by_pid=True)  # nobody claimed it
-    study._storage.set_trial_system_attr(trial._trial_id, liveness.OWNER, liveness.this_process())
+    trial.set_user_attr(liveness.OWNER, liveness.this_process())
     assert not liveness.is_abandoned(frozen(), by_pid=True)
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               capture_output=True, text=True, check=True)  # fmt: skip
     dead = f"{os.uname().nodename}:{finished.stdout.strip()}"
-    study._storage.set_trial_system_attr(trial._trial_id, liveness.OWNER, dead)
+    trial.set_user_attr(liveness.OWNER, dead)
     assert liveness.is_abandoned(frozen(), by_pid=True)
     assert not liveness.is_abandoned(frozen(), by_pid=False)  # heartbeats judge it instead
     failed = []

@@ -17,11 +17,13 @@ GRID_PREFIX = "grid_"
 @dataclass
 class SweepJob:
     """Where a multirun job belongs: its sweep, its trial's name (its output folder) and number
-    (Hydra's job number, which the sweeper makes the Optuna trial number)."""
+    (Hydra's job number, which the sweeper makes the Optuna trial number), and whether it is
+    a trial of the Optuna study or a job of a plain grid (which has no study)."""
 
     sweep_id: str
     trial: str
     number: int
+    is_trial: bool = True
 
 
 def sweep_id(hydra_cfg: DictConfig) -> str:
@@ -29,19 +31,21 @@ def sweep_id(hydra_cfg: DictConfig) -> str:
     return hydra_cfg.sweeper.get("study_name") or str(Path(hydra_cfg.sweep.dir).resolve())
 
 
-def is_optuna_trial(hydra_cfg: DictConfig) -> bool:
-    """True for a job the Optuna sweeper launched (its job number is its trial number), False
-    for one of a plain grid's jobs (whose folders the sweeper names GRID_PREFIX...)."""
-    return not Path(hydra_cfg.runtime.output_dir).name.startswith(GRID_PREFIX)
-
-
 def current_job() -> SweepJob | None:
-    """The running Hydra job's sweep, or None outside a multirun."""
+    """The running Hydra job's sweep, or None outside a multirun.
+
+    A plain grid's jobs run in <sweep dir>/grid_<time>/<job number> (the sweeper names the
+    folder): the grid is a sweep of its own, apart from the study.
+    """
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return None
-    name = Path(hydra_cfg.runtime.output_dir).name
-    return SweepJob(sweep_id(hydra_cfg), name, hydra_cfg.job.num)
+    folder = Path(hydra_cfg.runtime.output_dir)
+    if folder.parent.name.startswith(GRID_PREFIX):
+        grid = folder.parent.name
+        return SweepJob(f"{sweep_id(hydra_cfg)}/{grid}", f"{grid}/{folder.name}",
+                        hydra_cfg.job.num, is_trial=False)  # fmt: skip
+    return SweepJob(sweep_id(hydra_cfg), folder.name, hydra_cfg.job.num)
 
 
 def job_tags(config: MlflowConfig, job: SweepJob | None) -> dict[str, str]:
@@ -50,10 +54,10 @@ def job_tags(config: MlflowConfig, job: SweepJob | None) -> dict[str, str]:
         return {}
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
-    from mnist_sweep import tracking
+    from mnist_sweep.sweep import records
     from mnist_sweep.sweep.liveness import this_process
 
-    tags = tracking.trial_tags(config, job.sweep_id, job.trial, job.number, this_process())
+    tags = records.trial_tags(config, job.sweep_id, job.trial, job.number, this_process())
     if config.run_name is None:  # MLflow refuses a name given both ways
         tags[MLFLOW_RUN_NAME] = job.trial
     return tags

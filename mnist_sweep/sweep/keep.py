@@ -1,9 +1,19 @@
-"""The sweep's kept model: the best eligible trial, copied out and registered."""
+"""The sweep's kept model: the best eligible trial, copied out, registered, and promoted to
+the champion only when it beats the current one on the same data.
+
+Every kept version is registered and tagged with what its choice rests on (the metric and
+its value, the seeds, the dataset's digest and the validation split), and carries an alias of
+its own sweep (`best_<study>`) so that each study's best stays findable. It takes the champion
+alias (`sweep.alias`) by the rule `sweep.promote`: `if_better` (the default) only from a
+champion measured on the same dataset and validation split with a lower value, or when there
+is none; `always`; `never`.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,10 +23,14 @@ from mlflow.entities import LoggedModel
 from mlflow.entities.model_registry import ModelVersion
 
 from mnist_sweep import tracking
-from mnist_sweep.config import SweepConfig
+from mnist_sweep.config import Promote, RunConfig
 from mnist_sweep.serving import CHECKPOINT_IN_MODEL
+from mnist_sweep.sweep.objective import METRIC
 
 log = logging.getLogger(__name__)
+# The version tags that say what a champion was chosen on; comparable versions agree on these.
+BASIS = ("dataset_digest", "val_split")
+TAG = "mnist_sweep.{}".format
 
 
 def best_trial(
@@ -26,24 +40,44 @@ def best_trial(
     eligible = [
         run for run in trials if run.data.metrics.get("test_accuracy", 0.0) >= min_test_accuracy
     ]
-    return max(eligible, key=lambda run: run.data.metrics["val_accuracy"], default=None)
+    return max(eligible, key=lambda run: run.data.metrics[METRIC], default=None)
 
 
 def keep_best(
     client: mlflow.MlflowClient,
     trials: list[mlflow.entities.Run],
-    config: SweepConfig,
+    config: RunConfig,
     folder: Path,
+    sweep_id: str,
 ) -> mlflow.entities.Run | None:
-    """Copy the best trial's model, config and metrics to `folder` and register the model."""
-    best = best_trial(trials, config.min_test_accuracy)
+    """Copy the best trial's model, config and metrics to `folder`, register and promote it."""
+    best = best_trial(trials, config.sweep.min_test_accuracy)
     if best is None:
         log.warning(
-            "No trial reached test_accuracy >= %.4f among %d finished trials; kept nothing",
-            config.min_test_accuracy, len(trials),
+            "No trial reached test_accuracy >= %.4f among %d complete trials; kept nothing",
+            config.sweep.min_test_accuracy, len(trials),
         )  # fmt: skip
         return None
     logged = logged_model(client, best)
+    copy_out(client, best, logged, folder)
+    version = register(client, best, logged.model_id, config.sweep.registered_model)
+    client.set_registered_model_alias(version.name, sweep_alias(sweep_id), version.version)
+    for key, value in basis(best).items():
+        client.set_model_version_tag(version.name, version.version, TAG(key), value)
+    champion = promote(client, version, config.sweep.alias, config.sweep.promote)
+    log.info(
+        "Kept trial %s (val_accuracy %.4f, test_accuracy %.4f) in %s; registered as %s v%s "
+        "@%s%s", best.data.tags.get(tracking.TRIAL), best.data.metrics[METRIC],
+        best.data.metrics["test_accuracy"], folder, version.name, version.version,
+        sweep_alias(sweep_id), f" @{config.sweep.alias}" if champion else "",
+    )  # fmt: skip
+    return best
+
+
+def copy_out(
+    client: mlflow.MlflowClient, best: mlflow.entities.Run, logged: LoggedModel, folder: Path
+) -> None:
+    """The kept trial's model.pt, config.yaml and metrics.json in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as download:
         shutil.copy(client.download_artifacts(best.info.run_id, "config.yaml", download), folder)
@@ -55,13 +89,61 @@ def keep_best(
     summary = {"run_id": best.info.run_id, "trial": best.data.tags.get(tracking.TRIAL),
                **best.data.metrics}  # fmt: skip
     (folder / "metrics.json").write_text(json.dumps(summary, indent=2))
-    version = register(client, best, logged.model_id, config)
-    log.info(
-        "Kept trial %s (val_accuracy %.4f, test_accuracy %.4f) in %s; registered as %s v%s @%s",
-        summary["trial"], best.data.metrics["val_accuracy"], best.data.metrics["test_accuracy"],
-        folder, config.registered_model, version, config.alias,
-    )  # fmt: skip
-    return best
+
+
+def basis(run: mlflow.entities.Run) -> dict[str, str]:
+    """What a kept run's choice rests on, as version tags."""
+    params = run.data.params
+    digests = [item.dataset.digest for item in run.inputs.dataset_inputs]
+    return {
+        "selection_metric": METRIC,
+        "selection_value": repr(run.data.metrics[METRIC]),
+        "seeds": params.get("trainer.seed", ""),
+        "test_accuracy": repr(run.data.metrics["test_accuracy"]),
+        "dataset_digest": digests[0] if digests else "",
+        "val_split": f"{params.get('data.val_size')} images, split_seed "
+        f"{params.get('data.split_seed')}",
+    }
+
+
+def sweep_alias(sweep_id: str) -> str:
+    """The registry alias of a sweep's own best (aliases allow letters, digits, _ and -)."""
+    return "best_" + re.sub(r"[^\w-]", "_", sweep_id.strip("/"))
+
+
+def promote(client: mlflow.MlflowClient, version: ModelVersion, alias: str, rule: Promote) -> bool:
+    """Point `alias` at `version` if `rule` allows; says why in one line when it does not."""
+    try:
+        holder = client.get_model_version_by_alias(version.name, alias)
+    except mlflow.exceptions.MlflowException:
+        holder = None
+    if holder is not None and holder.version == version.version:
+        return True
+    reason = refusal(holder, client.get_model_version(version.name, version.version), rule)
+    if reason:
+        log.info("@%s stays on %s v%s: %s (sweep.promote=%s)", alias, version.name,
+                 holder.version if holder else "-", reason, rule.value)  # fmt: skip
+        return False
+    client.set_registered_model_alias(version.name, alias, version.version)
+    return True
+
+
+def refusal(holder: ModelVersion | None, candidate: ModelVersion, rule: Promote) -> str:
+    """Why `candidate` may not take the alias from `holder`, or "" when it may."""
+    if rule is Promote.never:
+        return "promotion is off"
+    if rule is Promote.always or holder is None:
+        return ""
+    ours, theirs = candidate.tags, holder.tags
+    for key in BASIS:
+        if ours.get(TAG(key)) != theirs.get(TAG(key)):
+            return (f"v{candidate.version} is not comparable, its {key} "
+                    f"{ours.get(TAG(key))!r} differs from the champion's "
+                    f"{theirs.get(TAG(key))!r}")  # fmt: skip
+    value, best = (float(tags.get(TAG("selection_value"), "nan")) for tags in (ours, theirs))
+    if not value > best:
+        return f"v{candidate.version}'s {METRIC} {value:.4f} does not beat its {best:.4f}"
+    return ""
 
 
 def logged_model(client: mlflow.MlflowClient, run: mlflow.entities.Run) -> LoggedModel:
@@ -75,15 +157,14 @@ def logged_model(client: mlflow.MlflowClient, run: mlflow.entities.Run) -> Logge
 
 
 def register(
-    client: mlflow.MlflowClient, run: mlflow.entities.Run, model_id: str, config: SweepConfig
-) -> str:
-    """Register the run's logged model in the Model Registry and point the alias at it.
+    client: mlflow.MlflowClient, run: mlflow.entities.Run, model_id: str, name: str
+) -> ModelVersion:
+    """Register the run's logged model in the Model Registry (once per run).
 
     Workers of one sweep that end together may register the same run at once: each accepts
     the registered model another created, and of the versions they made of the run, all keep
     the first (numbers only grow, so whoever made a later one sees the earlier).
     """
-    name = config.registered_model
     if not client.search_registered_models(f"name = '{name}'"):
         try:
             client.create_registered_model(name)
@@ -99,9 +180,7 @@ def register(
         versions = client.search_model_versions(query)
         if first(versions).version != ours.version:
             client.delete_model_version(name, ours.version)
-    version = first(versions).version
-    client.set_registered_model_alias(name, config.alias, version)
-    return version
+    return first(versions)
 
 
 def first(versions: list[ModelVersion]) -> ModelVersion:

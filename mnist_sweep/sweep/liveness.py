@@ -22,9 +22,11 @@ import warnings
 from collections.abc import Callable, Iterator
 
 import optuna
-from optuna.storages import fail_stale_trials
-from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
+from optuna.storages import RDBStorage, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
+
+from mnist_sweep.sweep.errors import describe
+from mnist_sweep.sweep.storage import retried
 
 log = logging.getLogger(__name__)
 OWNER = "mnist_sweep.owner"
@@ -60,54 +62,88 @@ def stop_on_sigterm_as_on_ctrl_c() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def heartbeat_interval(study: optuna.Study) -> int | None:
+    """Seconds between a running trial's heartbeats, None when the storage has none.
+
+    Study._storage is private, but Optuna offers no public way to reach a study's storage
+    (its heartbeats are otherwise driven only from inside Study.optimize).
+    """
+    storage = study._storage
+    return storage.get_heartbeat_interval() if isinstance(storage, RDBStorage) else None
+
+
 def ask(study: optuna.Study) -> optuna.Trial:
     """A new trial, with its first heartbeat recorded and this process as its owner."""
     with warnings.catch_warnings():
         # Optuna warns that heartbeats are meant for Study.optimize; heartbeat() below is
         # what optimize does around each trial, for our ask-and-tell loop.
         warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-        trial = study.ask()
-    if is_heartbeat_enabled(study._storage):
-        study._storage.record_heartbeat(trial._trial_id)
-    study._storage.set_trial_system_attr(trial._trial_id, OWNER, this_process())
+        trial = retried("Asking for a trial", study.ask)
+    if heartbeat_interval(study):
+        retried("A heartbeat", study._storage.record_heartbeat, trial._trial_id)
+    retried("Recording the trial's owner", trial.set_user_attr, OWNER, this_process())
     return trial
 
 
 @contextlib.contextmanager
 def heartbeat(study: optuna.Study, trial: optuna.Trial, on_failed: OnFailed) -> Iterator[None]:
-    """Optuna's heartbeat of `trial` while the block runs (nothing for a journal).
+    """A heartbeat of `trial` every interval while the block runs (nothing for a journal).
 
-    Meanwhile other workers' stale trials are failed at the same pace, so that a dead worker's
-    trial is failed within its grace period even while every live worker is busy training.
+    Optuna's own heartbeat thread ends at its first database error, after which a live
+    trial goes stale; this one keeps beating through an outage. Meanwhile other workers'
+    stale trials are failed at the same pace, so that a dead worker's trial is failed within
+    its grace period even while every live worker is busy training.
     """
-    if not is_heartbeat_enabled(study._storage):
+    interval = heartbeat_interval(study)
+    if not interval:
         yield
         return
     stop = threading.Event()
-    watcher = threading.Thread(
-        target=watch, args=(study, on_failed, stop), name="stale-trials", daemon=True
-    )
-    with get_heartbeat_thread(trial._trial_id, study._storage):
-        watcher.start()
+    threads = [
+        threading.Thread(target=beat, args=(study, trial, interval, stop), daemon=True,
+                         name=f"heartbeat-{trial.number}"),
+        threading.Thread(target=watch, args=(study, on_failed, interval, stop), daemon=True,
+                         name="stale-trials"),
+    ]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
+def beat(study: optuna.Study, trial: optuna.Trial, interval: int, stop: threading.Event) -> None:
+    """Record `trial`'s heartbeat every `interval` s until `stop`, through database outages."""
+    missed = 0
+    while not stop.wait(interval):
         try:
-            yield
-        finally:
-            stop.set()
-            watcher.join()
+            study._storage.record_heartbeat(trial._trial_id)
+        except Exception as error:
+            missed += 1
+            if missed == 1:
+                log.warning("Trial %d's heartbeat missed: the study's database is unreachable "
+                            "(%s); still beating", trial.number, describe(error))  # fmt: skip
+            continue
+        if missed:
+            log.info("Trial %d's heartbeat recorded again after %d missed", trial.number, missed)
+            missed = 0
 
 
-def watch(study: optuna.Study, on_failed: OnFailed, stop: threading.Event) -> None:
+def watch(study: optuna.Study, on_failed: OnFailed, interval: int, stop: threading.Event) -> None:
     """Fail abandoned trials every heartbeat interval until `stop` is set."""
-    while not stop.wait(study._storage.get_heartbeat_interval()):
+    while not stop.wait(interval):
         try:
             fail_abandoned_trials(study, on_failed)
         except Exception as error:  # the database may be away for a moment; try again later
-            log.warning("Could not check for stale trials: %s", error)
+            log.debug("Could not look for other workers' stale trials: %s", describe(error))
 
 
 def is_abandoned(trial: FrozenTrial, by_pid: bool) -> bool:
     """Nobody claimed it within OWNER_GRACE_S, or (`by_pid`) its process here is gone."""
-    owner = trial.system_attrs.get(OWNER)
+    owner = trial.user_attrs.get(OWNER)
     if owner is None:
         age = datetime.datetime.now() - trial.datetime_start
         return age.total_seconds() > OWNER_GRACE_S
@@ -120,7 +156,7 @@ def fail_abandoned_trials(study: optuna.Study, on_failed: OnFailed) -> None:
     Heartbeat-stale trials go through Optuna's `fail_stale_trials`, which calls the
     storage's stale-trial callback (make_storage sets it to `on_failed` too).
     """
-    heartbeats = is_heartbeat_enabled(study._storage)
+    heartbeats = bool(heartbeat_interval(study))
     if heartbeats:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

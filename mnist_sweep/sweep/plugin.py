@@ -22,13 +22,26 @@ class ResumableOptunaSweeper(OptunaSweeper):
     """
 
     def __init__(self, sampler: Any, pruner: Any = None, **options: Any) -> None:
+        # Hydra wraps an error raised here in a message of its own: the sweeper is built in
+        # setup(), where a bad key can end the sweep in one line.
+        self.options = {"sampler": sampler, "pruner": pruner, **options}
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
+        from mnist_sweep.sweep import checks, objective
+        from mnist_sweep.sweep.errors import one_line_errors
         from mnist_sweep.sweep.pruning import make_pruner
         from mnist_sweep.sweep.sampling import make_sampler
         from mnist_sweep.sweep.sweeper import ResumableOptunaSweeperImpl
 
-        self.sweeper = ResumableOptunaSweeperImpl(
-            sampler=make_sampler(sampler), pruner=make_pruner(pruner), **options
-        )
+        checks.check_sweeper(config.hydra.sweeper, objective.DIRECTION)
+        options = dict(self.options)
+        with one_line_errors("hydra.sweeper.sampler"):
+            options["sampler"] = make_sampler(options["sampler"])
+        with one_line_errors("hydra.sweeper.pruner"):
+            options["pruner"] = make_pruner(options["pruner"])
+        self.sweeper = ResumableOptunaSweeperImpl(**options)
+        self.sweeper.setup(hydra_context=hydra_context, task_function=task_function,
+                           config=config)  # fmt: skip
 
 
 def register() -> None:

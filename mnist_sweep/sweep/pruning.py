@@ -1,5 +1,7 @@
 """Pruning inside a trial's job: each epoch's validation accuracy goes to the job's Optuna
-trial, and training stops at the epoch where the sweep's pruner says so.
+trial, and training stops at the epoch where the sweep's pruner says so, or where the study
+no longer counts the trial as running (another worker failed it as stale, or its sweep was
+killed and a later run failed it): the study's word stands, and the job stops.
 
 The job reaches its trial through the study's storage (Hydra's job number is the trial
 number), so this works wherever the job runs: in the sweep's process, in a joblib worker, in
@@ -18,8 +20,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
 from mnist_sweep import tracking
-from mnist_sweep.sweep.job import is_optuna_trial
-from mnist_sweep.sweep.storage import make_storage
+from mnist_sweep.sweep.job import SweepJob
+from mnist_sweep.sweep.storage import make_storage, retried
 from mnist_sweep.training import EpochMetrics
 
 log = logging.getLogger(__name__)
@@ -36,31 +38,52 @@ def make_pruner(config: Any) -> optuna.pruners.BasePruner | None:
     return pruner
 
 
-def current_trial() -> optuna.Trial | None:
-    """The running multirun job's trial when its sweep prunes, else None."""
-    hydra_cfg = HydraConfig.get()
-    sweeper = hydra_cfg.sweeper
-    if sweeper.get("pruner") is None or not is_optuna_trial(hydra_cfg):
+class TrialEndedElsewhere(RuntimeError):
+    """The study ended this job's trial while it trained."""
+
+
+def current_trial(job: SweepJob | None) -> optuna.Trial | None:
+    """The running job's Optuna trial, or None outside the study (a single run, a grid)."""
+    if job is None or not job.is_trial:
         return None
-    study = optuna.load_study(
+    sweeper = HydraConfig.get().sweeper
+    study = retried("Loading the study", optuna.load_study,
         study_name=sweeper.study_name, storage=make_storage(sweeper.storage),
-        pruner=make_pruner(sweeper.pruner),
+        pruner=make_pruner(sweeper.pruner) or optuna.pruners.NopPruner(),
     )  # fmt: skip
-    number = hydra_cfg.job.num
-    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    # Study._storage and _study_id are private: Optuna has no public way to get a running
+    # trial by its number in another process than the one that asked for it.
+    trial_id = retried("Finding the trial", study._storage.get_trial_id_from_study_id_trial_number,
+                       study._study_id, job.number)  # fmt: skip
     return optuna.Trial(study, trial_id)
+
+
+def still_running(trial: optuna.Trial) -> bool:
+    """The study still runs `trial`, and the sweep process that asked for it, if it is one of
+    this machine, is alive (a job orphaned by a killed sweep stops rather than train on)."""
+    from mnist_sweep.sweep.liveness import OWNER, process_is_gone
+
+    running = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    ours = [other for other in running if other.number == trial.number]
+    return bool(ours) and not process_is_gone(ours[0].user_attrs.get(OWNER, ""))
 
 
 def reporting(on_epoch: OnEpoch, trial: optuna.Trial | None) -> OnEpoch:
     """`on_epoch`, then the epoch's validation accuracy reported to `trial`; raises
-    optuna.TrialPruned (after tagging the MLflow run) when the pruner stops the trial."""
+    optuna.TrialPruned (after tagging the MLflow run) when the pruner stops the trial, and
+    TrialEndedElsewhere when the study no longer runs it."""
     if trial is None:
         return on_epoch
 
     def report(metrics: EpochMetrics) -> None:
         on_epoch(metrics)
-        trial.report(metrics.val_accuracy, metrics.epoch)
-        if trial.should_prune():
+        if not retried("Reading the trial's state", still_running, trial):
+            raise TrialEndedElsewhere(
+                f"trial {trial.number} is no longer running in the study (another worker "
+                "failed it, or its sweep process is gone); this job stops"
+            )
+        retried("Reporting the epoch", trial.report, metrics.val_accuracy, metrics.epoch)
+        if retried("Asking the pruner", trial.should_prune):
             log.info("Trial %d pruned at epoch %d (val_accuracy %.4f)",
                      trial.number, metrics.epoch, metrics.val_accuracy)  # fmt: skip
             tracking.set_tags({tracking.PRUNED_AT_EPOCH: str(metrics.epoch)})

@@ -1,15 +1,25 @@
-"""Where a sweep's Optuna study lives: a journal file (the default) or a database."""
+"""Where a sweep's Optuna study lives: a journal file (the default) or a database, and how
+its operations ride out a database that goes away for a moment."""
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# A database back within this time loses nothing: a trial's report, its result, its heartbeat
+# are tried again. It matches the default grace_period, after which other workers would fail
+# the trial anyway.
+STORAGE_RETRY_S = 60.0
+TRUSTED_STORAGES = ("optuna.storages.*", "mnist_sweep.sweep.journal.HealingJournalFileBackend")
 
 
 def database_url(url: str) -> str:
@@ -34,21 +44,13 @@ def make_storage(
     (see liveness.py).
     """
     if OmegaConf.is_config(storage):
-        return instantiate(storage, _execution_whitelist_=("optuna.storages.*",))
+        return instantiate(storage, _execution_whitelist_=TRUSTED_STORAGES)
     if storage is None:
         return None
-    for name, value in (("heartbeat_interval", heartbeat_interval), ("grace_period", grace_period)):
-        if value is not None and (not isinstance(value, int) or value <= 0):
-            raise ValueError(f"hydra.sweeper.{name}={value!r}: must be a positive whole number")
-    if heartbeat_interval and grace_period and grace_period <= heartbeat_interval:
-        raise ValueError(
-            f"hydra.sweeper.grace_period={grace_period} must exceed "
-            f"hydra.sweeper.heartbeat_interval={heartbeat_interval}: a live trial would be failed"
-        )
     return rdb_storage(
         database_url(str(storage)),
         # A database that restarted leaves dead connections in the pool: test before use.
-        engine_kwargs={"pool_pre_ping": True},
+        engine_kwargs={"pool_pre_ping": True, **connect_timeout(storage)},
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
         heartbeat_stale_trial_callback=on_stale,
@@ -70,3 +72,41 @@ def rdb_storage(url: str, attempts: int = 5, **options: Any) -> Any:
             if attempt == attempts:
                 raise
             time.sleep(attempt * random.uniform(0.2, 0.6))
+
+
+def connect_timeout(url: Any) -> dict[str, Any]:
+    """PostgreSQL connections give up after 5 s (libpq waits forever by default), so a
+    database that went away is retried rather than hung on."""
+    return {"connect_args": {"connect_timeout": 5}} if str(url).startswith("postgresql") else {}
+
+
+def is_transient(error: BaseException) -> bool:
+    """A storage error that a later try may not meet: the database is away or restarting."""
+    import optuna
+    import sqlalchemy
+
+    return isinstance(
+        error, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError)
+    )
+
+
+def retried(what: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`call(*args, **kwargs)`, tried again for STORAGE_RETRY_S while the database is away."""
+    from mnist_sweep.sweep.errors import describe
+
+    deadline, pause = time.monotonic() + STORAGE_RETRY_S, 0.5
+    while True:
+        try:
+            result = call(*args, **kwargs)
+        except Exception as error:
+            if not is_transient(error) or time.monotonic() > deadline:
+                raise
+            if pause == 0.5:
+                log.warning("%s: the study's database is unreachable (%s); trying again for "
+                            "up to %.0f s", what, describe(error), STORAGE_RETRY_S)  # fmt: skip
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+            continue
+        if pause > 0.5:
+            log.info("%s: the study's database answers again", what)
+        return result

@@ -11,28 +11,25 @@ from pathlib import Path
 
 import mlflow
 import optuna
-from omegaconf import DictConfig
 
 from mnist_sweep import tracking
-from mnist_sweep.sweep.storage import make_storage
+from mnist_sweep.sweep.objective import METRIC as OBJECTIVE
 
 log = logging.getLogger(__name__)
-OBJECTIVE = "val_accuracy"
 PRUNED_AT = "pruned_at_epoch"
 
 
-def reported(trials: list[mlflow.entities.Run]) -> list[mlflow.entities.Run]:
-    """The trials a summary lists: finished ones and those their pruner stopped."""
-    return [
-        run for run in trials
-        if run.info.status == "FINISHED" or tracking.PRUNED_AT_EPOCH in run.data.tags
-    ]  # fmt: skip
+def reported(trials: list[mlflow.entities.Run], study: optuna.Study) -> list[mlflow.entities.Run]:
+    """The trials a summary lists: those the study has COMPLETE or PRUNED."""
+    done = {str(trial.number) for trial in study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    )}  # fmt: skip
+    return [run for run in trials if run.data.tags.get(tracking.TRIAL_NUMBER) in done]
 
 
 def trial_table(trials: list[mlflow.entities.Run]) -> list[dict[str, object]]:
-    """One row per finished or pruned trial, finished ones first, each group by best
-    objective, with the epoch a pruned trial stopped at and the params that vary."""
-    trials = reported(trials)
+    """One row per trial, finished ones first, each group by best objective, with the epoch a
+    pruned trial stopped at and the params that vary."""
     varying = sorted(
         key for key in {k for run in trials for k in run.data.params}
         if len({run.data.params.get(key) for run in trials}) > 1
@@ -55,19 +52,6 @@ def markdown_table(rows: list[dict[str, object]]) -> str:
         cells = (f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def study_of(hydra_cfg: DictConfig) -> optuna.Study | None:
-    """The sweep's Optuna study, or None for a grid or a sweeper without storage."""
-    sweeper = hydra_cfg.sweeper
-    if not sweeper.get("study_name") or sweeper.get("storage") is None:
-        return None
-    try:
-        return optuna.load_study(
-            study_name=sweeper.study_name, storage=make_storage(sweeper.storage)
-        )
-    except KeyError:  # the sweep stopped before its study was created
-        return None
 
 
 def optuna_plots(study: optuna.Study, folder: Path) -> list[Path]:
@@ -111,10 +95,11 @@ def log_summary(
     client: mlflow.MlflowClient,
     parent_run_id: str,
     trials: list[mlflow.entities.Run],
-    hydra_cfg: DictConfig,
+    study: optuna.Study,
 ) -> None:
-    """Best params and value, the trial table and Optuna's plots, on the parent run."""
-    rows = trial_table(trials)
+    """Best params and value, the trial table and Optuna's plots, on the parent run; the
+    study says which trials count (MLflow mirrors it)."""
+    rows = trial_table(reported(trials, study))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         files = []
@@ -137,8 +122,7 @@ def log_summary(
             tracking.once_more_if_raced(client.set_tag, parent_run_id, "best_trial", best["trial"])
         client.log_metric(parent_run_id, "finished_trials", len(finished))
         client.log_metric(parent_run_id, "pruned_trials", len(rows) - len(finished))
-        study = study_of(hydra_cfg)
-        if study is not None and finished:
+        if finished:
             files += optuna_plots(study, folder)
         for path in files:
             client.log_artifact(parent_run_id, str(path))

@@ -16,7 +16,14 @@ Differences from `hydra_plugins.hydra_optuna_sweeper` (whose search-space parsin
 - a failed trial is told FAIL and replaced, until failures exceed `max_failure_rate * n_trials`;
 - Hydra's job number is the Optuna trial number, so output folders never collide on resume;
 - comma lists on the command line alone (`optimizer=adam,sgd`) run a plain grid, as Hydra's
-  basic sweeper does; choice(), interval(), range() and tag() extend the Optuna search.
+  basic sweeper does, with its own MLflow parent run and kept model, apart from the study;
+  choice(), interval(), range() and tag() extend the Optuna search;
+- before any trial or record, every key is checked and both stores are reached (checks.py);
+  a resumed study must have the settings it was created with (fingerprint.py); any error ends
+  the sweep in one line (errors.py);
+- the sweep's MLflow parent run, its summary and its kept model are made here, not in a Hydra
+  callback (whose errors Hydra turns into warnings); the study decides what each trial is,
+  and MLflow's runs are set to agree with it at the start and at the end (records.py).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -37,7 +45,6 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep
 from hydra.core.utils import JobReturn
-from hydra.errors import CompactHydraException
 from hydra_plugins.hydra_optuna_sweeper._impl import (
     OptunaSweeperImpl,
     create_params_from_overrides,
@@ -45,19 +52,20 @@ from hydra_plugins.hydra_optuna_sweeper._impl import (
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from mnist_sweep.config import ConfigError, RunConfig, to_run_config
+from mnist_sweep.masking import masked
 from mnist_sweep.progress import TrialsBar
-from mnist_sweep.sweep import liveness
-from mnist_sweep.sweep.job import GRID_PREFIX
-from mnist_sweep.sweep.storage import make_storage
+from mnist_sweep.sweep import checks, fingerprint, liveness, objective, records
+from mnist_sweep.sweep.errors import SweepError, one_line_errors
+from mnist_sweep.sweep.job import GRID_PREFIX, sweep_id
+from mnist_sweep.sweep.storage import make_storage, retried
 
 log = logging.getLogger(__name__)
-GRID_SUBDIR = GRID_PREFIX + "${now:%Y%m%d-%H%M%S}_${hydra.job.num}"
 WAIT_FOR_OTHERS_S = 2.0
 
 
-class SweepFailedError(CompactHydraException):
-    """More trials failed than the sweep's max_failure_rate allows (Hydra prints the message
-    alone, the traceback only with HYDRA_FULL_ERROR=1)."""
+class SweepFailedError(SweepError):
+    """More trials failed than the sweep's max_failure_rate allows."""
 
 
 @contextlib.contextmanager
@@ -108,44 +116,105 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         grace_period: int | None = None,
         **options: Any,
     ) -> None:
-        storage = make_storage(storage, heartbeat_interval, grace_period, self._worker_gone)
-        super().__init__(storage=storage, **options)
+        # The storage is built in sweep(), once every check has passed: a journal file or a
+        # database's tables are never made for a sweep that cannot run.
+        super().__init__(storage=None, **options)
+        self.storage_config = storage
+        self.liveness = (heartbeat_interval, grace_period)
         self.pruner = pruner
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.identity = sweep_id(config.hydra)
 
     def _worker_gone(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Trial `trial` was failed because its worker is gone: fail its MLflow run too."""
-        from mnist_sweep import tracking
-        from mnist_sweep.config import to_run_config
-        from mnist_sweep.sweep.job import sweep_id
-
-        log.warning("Marked trial %d FAIL: its worker is gone", trial.number)
+        log.warning("Trial %d marked FAIL: its worker stopped sending heartbeats or is gone; "
+                    "another trial replaces it", trial.number)  # fmt: skip
         try:
-            tracking.fail_trial_runs(
-                to_run_config(self.config).mlflow, sweep_id(self.config.hydra), trial.number
-            )
-        except Exception as error:  # the study goes on; the run stays RUNNING in MLflow
+            records.mirror_study(self.client, self.experiment, self.identity, study)
+        except Exception as error:  # the next start or end of the sweep sets it right
             log.warning("Could not mark trial %d's MLflow run FAILED: %s", trial.number, error)
 
     def sweep(self, arguments: list[str]) -> None:
         if is_grid(arguments):
-            self._sweep_grid(arguments)
+            self._sweep_grid(arguments, self._prepare())
             return
-        self._process_searchspace_config()
-        distributions, fixed, fixed_overrides = create_params_from_overrides(
-            [*self._parse_sweeper_params_config(), *arguments]
-        )
-        for name in fixed:
-            distributions.pop(name, None)
-        liveness.stop_on_sigterm_as_on_ctrl_c()
-        study = optuna.create_study(
-            study_name=self.study_name, storage=self.storage, sampler=self.sampler,
-            pruner=self.pruner, directions=self._get_directions(), load_if_exists=True,
-        )  # fmt: skip
-        liveness.fail_abandoned_trials(study, self._worker_gone)
+        space = self._search_space(arguments)
+        run_config = self._prepare()
+        study = self._open_study(fingerprint.of(self.config, space[0]))
+        with one_line_errors(f"mlflow.tracking_uri={masked(run_config.mlflow.tracking_uri)}"):
+            records.mirror_study(self.client, self.experiment, self.identity, study)
+            parent = records.sweep_parent(self.client, self.experiment, self.identity, True)
         log.info("Study %s: %d of %d trials to run", study.study_name,
                  missing(study, self.n_trials), self.n_trials)  # fmt: skip
-        self._run_trials(study, (distributions, fixed, fixed_overrides))
+        try:
+            with one_line_errors("The sweep stopped"):
+                self._run_trials(study, space)
+        except BaseException:
+            records.close_after_fault(self.client, self.experiment, self.identity, study, parent)
+            raise
+        with one_line_errors("Ending the sweep"):
+            self._finish(run_config, study)
+
+    def _prepare(self) -> RunConfig:
+        """Check the run's config and reach both stores, creating nothing; then the storage
+        and the MLflow experiment."""
+        try:
+            run_config = to_run_config(self.config)
+        except ConfigError as error:
+            raise SweepError(f"Error in the config: {error}") from error
+        checks.check_data_root(run_config.data.root)
+        checks.probe_storage(self.storage_config)
+        checks.probe_tracking(run_config.mlflow.tracking_uri)
+        with one_line_errors(f"hydra.sweeper.storage={masked(str(self.storage_config))}"):
+            self.storage = make_storage(self.storage_config, *self.liveness, self._worker_gone)
+        with one_line_errors(f"mlflow.tracking_uri={masked(run_config.mlflow.tracking_uri)}"):
+            from mnist_sweep import tracking
+
+            self.client, self.experiment = tracking.client_for(run_config.mlflow)
+        return run_config
+
+    def _search_space(self, arguments: list[str]) -> tuple:
+        """The search space's distributions, fixed params and overrides; a bad interval or
+        choice names its key."""
+        self._process_searchspace_config()
+        overrides = [*self._parse_sweeper_params_config(), *arguments]
+        for override in overrides:
+            with one_line_errors(f"hydra.sweeper.params: {override}"):
+                create_params_from_overrides([override])
+        distributions, fixed, fixed_overrides = create_params_from_overrides(overrides)
+        for name in fixed:
+            distributions.pop(name, None)
+        return distributions, fixed, fixed_overrides
+
+    def _open_study(self, settings: dict[str, str]) -> optuna.Study:
+        """The study, created with `settings` as its fingerprint, or resumed if they match."""
+        liveness.stop_on_sigterm_as_on_ctrl_c()
+        with one_line_errors(f"hydra.sweeper.storage={masked(str(self.storage_config))}"):
+            study = retried("Opening the study", optuna.create_study,
+                study_name=self.study_name, storage=self.storage, sampler=self.sampler,
+                pruner=self.pruner, directions=self._get_directions(), load_if_exists=True,
+            )  # fmt: skip
+            fingerprint.check_or_record(study, settings)
+            liveness.fail_abandoned_trials(study, self._worker_gone)
+        return study
+
+    def _finish(self, run_config: RunConfig, study: optuna.Study) -> None:
+        """Set MLflow's runs to agree with the study, then the summary and the kept model,
+        chosen among the study's COMPLETE trials."""
+        from mnist_sweep.sweep import summary
+        from mnist_sweep.sweep.keep import keep_best
+
+        parent = records.sweep_parent(self.client, self.experiment, self.identity, True)
+        records.mirror_study(self.client, self.experiment, self.identity, study)
+        trials = records.sweep_runs(self.client, self.experiment, self.identity, "trial")
+        records.nest_under(self.client, parent, trials)
+        summary.log_summary(self.client, parent.info.run_id, trials, study)
         self._save_results(study)
+        keep_best(self.client, records.complete(trials, study), run_config,
+                  Path(self.config.hydra.sweep.dir) / "best", self.identity)  # fmt: skip
+        self.client.set_terminated(parent.info.run_id, "FINISHED")
 
     def _run_trials(self, study: optuna.Study, space: tuple) -> None:
         """Keep `slots` trials in flight, asking for the next as soon as one ends (no batch
@@ -174,13 +243,12 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                 trial, result = finished.get()
                 in_flight.remove(trial)
                 with interrupts_deferred():
-                    failures += self._tell(study, trial, result) is TrialState.FAIL
+                    failures += tell(study, trial, result) is TrialState.FAIL
                 trials_bar.update()
                 self._check_failures(failures)
         except BaseException:
             for trial in in_flight:
-                if study._storage.get_trial(trial._trial_id).state is TrialState.RUNNING:
-                    study.tell(trial.number, state=TrialState.FAIL)
+                liveness.fail(study, trial.number)
             raise
 
     def _slots(self) -> int:
@@ -214,29 +282,6 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         else:
             launch()
 
-    def _tell(
-        self, study: optuna.Study, trial: optuna.Trial, result: JobReturn | BaseException
-    ) -> TrialState:
-        """Record a finished job in the study: COMPLETE, PRUNED or FAIL."""
-        if isinstance(result, BaseException):
-            raise result
-        # Read before `return_value`, which would log a pruned job as an error.
-        if isinstance(result._return_value, optuna.TrialPruned):
-            # As in Optuna's optimize, a pruned trial's value is its last reported one.
-            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
-            return TrialState.PRUNED
-        try:
-            value = float(result.return_value)
-            if not math.isfinite(value):
-                raise ValueError(f"objective is {value}")
-        except Exception as error:
-            log.warning("Trial %d failed: %s", trial.number, error)
-            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            return TrialState.FAIL
-        # skip_if_finished: another worker may have failed it as stale (a long pause here).
-        study.tell(trial, value, skip_if_finished=True)
-        return TrialState.COMPLETE
-
     def _check_failures(self, failures: int) -> None:
         if failures > self.max_failure_rate * self.n_trials:
             raise SweepFailedError(
@@ -250,6 +295,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
             return
         best = study.best_trial
         log.info("Best value %s with %s", best.value, best.params)
+        Path(self.config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
         OmegaConf.save(
             OmegaConf.create(
                 {"name": "optuna", "best_params": best.params, "best_value": best.value}
@@ -257,11 +303,53 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
             f"{self.config.hydra.sweep.dir}/optimization_results.yaml",
         )
 
-    def _sweep_grid(self, arguments: list[str]) -> None:
-        log.info("Comma lists only: running the plain grid %s", arguments)
+    def _sweep_grid(self, arguments: list[str], run_config: RunConfig) -> None:
+        """The plain grid: its own folder, parent run and kept model, never in the study."""
+        from mnist_sweep.sweep.keep import keep_best
+
+        name = GRID_PREFIX + time.strftime("%Y%m%d-%H%M%S")
+        log.info("Comma lists only: running the plain grid %s as %s", arguments, name)
+        grid_id = f"{self.identity}/{name}"
+        parent = records.sweep_parent(self.client, self.experiment, grid_id, True)
         grid = BasicSweeper(max_batch_size=self.n_jobs)
         grid.hydra_context, grid.config, grid.launcher = (
             self.hydra_context, self.config, self.launcher
         )  # fmt: skip
-        # Its own folders, so a grid never overwrites the trial_N folders of an Optuna study.
-        grid.sweep([*arguments, f"hydra.sweep.subdir={GRID_SUBDIR}"])
+        grid.sweep([*arguments, f"hydra.sweep.subdir={name}/${{hydra.job.num}}"])
+        trials = records.sweep_runs(self.client, self.experiment, grid_id, "trial", "FINISHED")
+        folder = Path(self.config.hydra.sweep.dir) / name / "best"
+        keep_best(self.client, trials, run_config, folder, grid_id)
+        self.client.set_terminated(parent.info.run_id, "FINISHED")
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn | BaseException) -> TrialState:
+    """Record a finished job in the study: COMPLETE, PRUNED or FAIL. A database that is
+    away for a moment is waited for, so a finished trial's result is not lost."""
+    if isinstance(result, BaseException):
+        raise SweepError(f"The launcher failed: {result}") from result
+    state, value = outcome(trial, result)
+    # skip_if_finished: another worker may have failed it as stale (a long pause here).
+    told = retried(f"Telling trial {trial.number}'s result", study.tell, trial,
+                   value, state=state, skip_if_finished=True)  # fmt: skip
+    if told.state is not state:
+        log.warning("Trial %d ended %s here, but the study had already marked it %s (its "
+                    "heartbeat went stale); the study's word stands", trial.number,
+                    state.name, told.state.name)  # fmt: skip
+    return told.state
+
+
+def outcome(trial: optuna.Trial, result: JobReturn) -> tuple[TrialState, float | None]:
+    """What a job's return says of its trial: PRUNED, FAIL (its error logged) or COMPLETE."""
+    # JobReturn._return_value is private; the public return_value re-raises a job's
+    # exception, logging it as an error, which a pruned trial is not.
+    if isinstance(result._return_value, optuna.TrialPruned):
+        # As in Optuna's optimize, a pruned trial's value is its last reported one.
+        return TrialState.PRUNED, None
+    try:
+        value = float(result.return_value)
+        if not math.isfinite(value):
+            raise ValueError(f"objective {objective.METRIC} is {value}")
+    except Exception as error:
+        log.warning("Trial %d failed: %s", trial.number, error)
+        return TrialState.FAIL, None
+    return TrialState.COMPLETE, value
