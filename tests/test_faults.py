@@ -4,6 +4,7 @@ database error."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -258,9 +259,18 @@ def test_a_killed_joblib_sweep_leaves_mlflow_and_optuna_agreeing_after_the_rerun
     orphans = children(sweep.pid)
     os.kill(sweep.pid, signal.SIGKILL)
     sweep.wait()
-    for pid in orphans:  # they stop at the end of their epoch: their sweep is gone
-        wait_gone(pid, timeout_s=120)
-    run_sweep(tmp_path, data_root, *overrides)
+    try:
+        # The orphaned jobs stop at the end of their epoch (their sweep is gone), FAILED.
+        deadline = time.monotonic() + 120
+        while {run.info.status for run in mlflow_runs(tmp_path, "trial")[1]} & {"RUNNING"}:
+            assert time.monotonic() < deadline, "an orphaned job still trains"
+            time.sleep(0.2)
+        assert "FAILED" in {run.info.status for run in mlflow_runs(tmp_path, "trial")[1]}
+        run_sweep(tmp_path, data_root, *overrides)
+    finally:
+        for pid in orphans:  # joblib's idle worker processes outlive their sweep
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     seen = {trial.number: trial.state for trial in study(tmp_path).trials}
     assert list(seen.values()).count(TrialState.COMPLETE) == 3
     _, trials = mlflow_runs(tmp_path, "trial")
@@ -282,14 +292,3 @@ def children(pid: int) -> list[int]:
                 found.append(child)
         parents |= set(found)
     return found
-
-
-def wait_gone(pid: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"process {pid} still runs {timeout_s} s after its sweep was killed")

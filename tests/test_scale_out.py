@@ -20,12 +20,15 @@ import mlflow
 import numpy as np
 import optuna
 import pytest
+from hydra.core.utils import JobReturn, JobStatus
 from optuna.trial import TrialState
 
 from mnist_sweep import tracking
 from mnist_sweep.config import SweepConfig
-from mnist_sweep.sweep.keep import register
+from mnist_sweep.sweep.keep import promote, register
 from mnist_sweep.sweep.liveness import OWNER
+from mnist_sweep.sweep.storage import make_storage
+from mnist_sweep.sweep.sweeper import tell
 
 from servers import MlflowServer, Postgres, ServerError, SlurmCluster
 from sweeps import mlflow_runs, states, sweep_command
@@ -205,6 +208,12 @@ def test_workers_ending_at_once_both_tag_the_sweeps_run(tracking_server: MlflowS
         assert client.get_run(run_id).data.tags["best_trial"] == "trial_3"
 
 
+def register_and_promote(client, run, model_id: str, config: SweepConfig) -> str:
+    version = register(client, run, model_id, config.registered_model)
+    promote(client, version, config.alias, config.promote)
+    return version.version
+
+
 def test_workers_registering_the_best_run_at_once_leave_one_version(
     tracking_server: MlflowServer,
 ) -> None:
@@ -215,7 +224,7 @@ def test_workers_registering_the_best_run_at_once_leave_one_version(
         model = client.create_logged_model(experiment, source_run_id=run.info.run_id)
         config = SweepConfig(min_test_accuracy=0.5, registered_model=f"register_race_{attempt}",
                              alias="champion")  # fmt: skip
-        versions = at_once(register, client, run, model.model_id, config)
+        versions = at_once(register_and_promote, client, run, model.model_id, config)
         assert versions == ["1", "1"]
         [kept] = client.search_model_versions(f"name = '{config.registered_model}'")
         assert kept.version == "1" and kept.run_id == run.info.run_id
@@ -375,3 +384,43 @@ def test_a_cancelled_worker_job_leaves_nothing_running(
     assert sweep.trials()[victim.number].state is TrialState.FAIL
     runs = {run.data.tags["mnist_sweep.trial_number"]: run for run in sweep.runs()}
     assert runs[str(victim.number)].info.status == "FAILED"
+
+
+def test_a_database_outage_shorter_than_the_grace_period_fails_no_live_trial(
+    postgres: Postgres, tracking_server: MlflowServer, data_root: Path, tmp_path: Path
+) -> None:
+    sweep = Sweep("db_outage", postgres, tracking_server, data_root)
+    worker = sweep.start(
+        tmp_path, "hydra.sweeper.n_trials=2", "trainer.epochs=4", "~hydra.sweeper.pruner",
+        "hydra.sweeper.heartbeat_interval=2", "hydra.sweeper.grace_period=30",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",  # MLflow's server is on it too
+    )  # fmt: skip
+    wait_for(lambda: sweep.trials(TrialState.RUNNING))
+    postgres.stop()
+    time.sleep(8)  # four heartbeats and some epochs' reports missed, within the grace period
+    postgres.start()
+    finish(worker)
+    log = worker.log.read_text()
+    storage = optuna.storages.RDBStorage(postgres.url(sweep.name, "postgresql+psycopg"))
+    trials = optuna.load_study(study_name=sweep.name, storage=storage).trials
+    assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 2, log
+    assert "heartbeat missed: the study's database is unreachable" in log
+    assert "marked FAIL" not in log
+
+
+def test_a_result_told_while_the_database_is_away_is_not_lost(postgres: Postgres) -> None:
+    postgres.create_database("tell_outage")
+    storage = make_storage(postgres.url("tell_outage"), HEARTBEAT_S, GRACE_S)
+    study = optuna.create_study(study_name="tell", storage=storage, direction="maximize")
+    trial = study.ask()
+    result = JobReturn(status=JobStatus.COMPLETED, _return_value=0.97)
+    postgres.stop()
+    back = threading.Timer(5, postgres.start)
+    back.start()
+    try:
+        assert tell(study, trial, result) is TrialState.COMPLETE
+    finally:
+        back.join()
+    fresh = optuna.storages.RDBStorage(postgres.url("tell_outage", "postgresql+psycopg"))
+    [told] = optuna.load_study(study_name="tell", storage=fresh).trials
+    assert (told.state, told.value) == (TrialState.COMPLETE, 0.97)

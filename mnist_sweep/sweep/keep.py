@@ -23,7 +23,7 @@ from mlflow.entities import LoggedModel
 from mlflow.entities.model_registry import ModelVersion
 
 from mnist_sweep import tracking
-from mnist_sweep.config import Promote, RunConfig
+from mnist_sweep.config import Promote, SweepConfig
 from mnist_sweep.serving import CHECKPOINT_IN_MODEL
 from mnist_sweep.sweep.objective import METRIC
 
@@ -46,30 +46,34 @@ def best_trial(
 def keep_best(
     client: mlflow.MlflowClient,
     trials: list[mlflow.entities.Run],
-    config: RunConfig,
+    config: SweepConfig,
     folder: Path,
-    sweep_id: str,
+    sweep_id: str | None = None,
 ) -> mlflow.entities.Run | None:
-    """Copy the best trial's model, config and metrics to `folder`, register and promote it."""
-    best = best_trial(trials, config.sweep.min_test_accuracy)
+    """Copy the best trial's model, config and metrics to `folder`, register it (with
+    `sweep_id`'s own alias) and promote it."""
+    best = best_trial(trials, config.min_test_accuracy)
     if best is None:
         log.warning(
             "No trial reached test_accuracy >= %.4f among %d complete trials; kept nothing",
-            config.sweep.min_test_accuracy, len(trials),
+            config.min_test_accuracy, len(trials),
         )  # fmt: skip
         return None
     logged = logged_model(client, best)
     copy_out(client, best, logged, folder)
-    version = register(client, best, logged.model_id, config.sweep.registered_model)
-    client.set_registered_model_alias(version.name, sweep_alias(sweep_id), version.version)
+    version = register(client, best, logged.model_id, config.registered_model)
+    aliases = [sweep_alias(sweep_id)] if sweep_id else []
+    for alias in aliases:
+        client.set_registered_model_alias(version.name, alias, version.version)
     for key, value in basis(best).items():
         client.set_model_version_tag(version.name, version.version, TAG(key), value)
-    champion = promote(client, version, config.sweep.alias, config.sweep.promote)
+    if promote(client, version, config.alias, config.promote):
+        aliases.append(config.alias)
     log.info(
-        "Kept trial %s (val_accuracy %.4f, test_accuracy %.4f) in %s; registered as %s v%s "
-        "@%s%s", best.data.tags.get(tracking.TRIAL), best.data.metrics[METRIC],
+        "Kept trial %s (val_accuracy %.4f, test_accuracy %.4f) in %s; registered as %s v%s%s",
+        best.data.tags.get(tracking.TRIAL), best.data.metrics[METRIC],
         best.data.metrics["test_accuracy"], folder, version.name, version.version,
-        sweep_alias(sweep_id), f" @{config.sweep.alias}" if champion else "",
+        "".join(f" @{alias}" for alias in aliases),
     )  # fmt: skip
     return best
 
@@ -117,7 +121,7 @@ def promote(client: mlflow.MlflowClient, version: ModelVersion, alias: str, rule
         holder = client.get_model_version_by_alias(version.name, alias)
     except mlflow.exceptions.MlflowException:
         holder = None
-    if holder is not None and holder.version == version.version:
+    if holder is not None and str(holder.version) == str(version.version):
         return True
     reason = refusal(holder, client.get_model_version(version.name, version.version), rule)
     if reason:

@@ -192,13 +192,22 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         """The study, created with `settings` as its fingerprint, or resumed if they match."""
         liveness.stop_on_sigterm_as_on_ctrl_c()
         with one_line_errors(f"hydra.sweeper.storage={masked(str(self.storage_config))}"):
-            study = retried("Opening the study", optuna.create_study,
-                study_name=self.study_name, storage=self.storage, sampler=self.sampler,
-                pruner=self.pruner, directions=self._get_directions(), load_if_exists=True,
-            )  # fmt: skip
+            study = retried("Opening the study", self._load_or_create_study)
             fingerprint.check_or_record(study, settings)
             liveness.fail_abandoned_trials(study, self._worker_gone)
         return study
+
+    def _load_or_create_study(self) -> optuna.Study:
+        # Loading first: create_study(load_if_exists=True) appends a record to a journal
+        # even when the study exists.
+        try:
+            return optuna.load_study(study_name=self.study_name, storage=self.storage,
+                                     sampler=self.sampler, pruner=self.pruner)  # fmt: skip
+        except KeyError:
+            return optuna.create_study(
+                study_name=self.study_name, storage=self.storage, sampler=self.sampler,
+                pruner=self.pruner, directions=self._get_directions(), load_if_exists=True,
+            )  # fmt: skip
 
     def _finish(self, run_config: RunConfig, study: optuna.Study) -> None:
         """Set MLflow's runs to agree with the study, then the summary and the kept model,
@@ -212,7 +221,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         records.nest_under(self.client, parent, trials)
         summary.log_summary(self.client, parent.info.run_id, trials, study)
         self._save_results(study)
-        keep_best(self.client, records.complete(trials, study), run_config,
+        keep_best(self.client, records.complete(trials, study), run_config.sweep,
                   Path(self.config.hydra.sweep.dir) / "best", self.identity)  # fmt: skip
         self.client.set_terminated(parent.info.run_id, "FINISHED")
 
@@ -318,7 +327,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         grid.sweep([*arguments, f"hydra.sweep.subdir={name}/${{hydra.job.num}}"])
         trials = records.sweep_runs(self.client, self.experiment, grid_id, "trial", "FINISHED")
         folder = Path(self.config.hydra.sweep.dir) / name / "best"
-        keep_best(self.client, trials, run_config, folder, grid_id)
+        keep_best(self.client, trials, run_config.sweep, folder, grid_id)
         self.client.set_terminated(parent.info.run_id, "FINISHED")
 
 
