@@ -244,6 +244,22 @@ class Promote(StrEnum):
 
 
 @dataclass
+class ConfirmConfig:
+    # The top_k configurations of the search trained again with `seeds` new seeds each; the
+    # champion is the best mean. 0 switches confirmation off.
+    top_k: int = 0
+    seeds: int = 3
+
+    def check(self) -> None:
+        _require(self.top_k >= 0, "sweep.confirm.top_k", f"must be >= 0, got {self.top_k}")
+        _require(
+            self.seeds >= 2,
+            "sweep.confirm.seeds",
+            f"must be >= 2 (a mean and a spread), got {self.seeds}",
+        )
+
+
+@dataclass
 class SweepConfig:
     # The best trial is kept only if its test accuracy reaches this.
     min_test_accuracy: float = MISSING
@@ -251,6 +267,7 @@ class SweepConfig:
     alias: str = MISSING
     # When the kept version takes `alias` from the current holder (README "The champion").
     promote: Promote = Promote.if_better
+    confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
 
 
 @dataclass
@@ -263,7 +280,8 @@ class RunConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def check(self) -> None:
-        for group in (self.model, self.optimizer, self.data, self.trainer, self.mlflow):
+        for group in (self.model, self.optimizer, self.data, self.trainer, self.mlflow,
+                      self.sweep.confirm):  # fmt: skip
             group.check()
 
 

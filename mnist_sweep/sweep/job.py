@@ -12,6 +12,10 @@ from omegaconf import DictConfig
 from mnist_sweep.config import MlflowConfig
 
 GRID_PREFIX = "grid_"
+# A confirmation's folder: the top trials' configurations trained again with new seeds, as
+# trials of the study "<study>.confirm" (sweep/confirm.py).
+CONFIRM_PREFIX = "confirm_"
+CONFIRM_STUDY = "{}.confirm".format
 
 
 @dataclass
@@ -24,6 +28,12 @@ class SweepJob:
     trial: str
     number: int
     is_trial: bool = True
+    role: str = "trial"  # or "confirmation"
+
+    def study_name(self, hydra_cfg: DictConfig) -> str:
+        """The Optuna study this job's trial belongs to."""
+        name = hydra_cfg.sweeper.study_name
+        return CONFIRM_STUDY(name) if self.role == "confirmation" else name
 
 
 def sweep_id(hydra_cfg: DictConfig) -> str:
@@ -45,7 +55,8 @@ def current_job() -> SweepJob | None:
         grid = folder.parent.name
         return SweepJob(f"{sweep_id(hydra_cfg)}/{grid}", f"{grid}/{folder.name}",
                         hydra_cfg.job.num, is_trial=False)  # fmt: skip
-    return SweepJob(sweep_id(hydra_cfg), folder.name, hydra_cfg.job.num)
+    role = "confirmation" if folder.name.startswith(CONFIRM_PREFIX) else "trial"
+    return SweepJob(sweep_id(hydra_cfg), folder.name, hydra_cfg.job.num, role=role)
 
 
 def job_tags(config: MlflowConfig, job: SweepJob | None) -> dict[str, str]:
@@ -57,7 +68,8 @@ def job_tags(config: MlflowConfig, job: SweepJob | None) -> dict[str, str]:
     from mnist_sweep.sweep import records
     from mnist_sweep.sweep.liveness import this_process
 
-    tags = records.trial_tags(config, job.sweep_id, job.trial, job.number, this_process())
+    tags = records.trial_tags(config, job.sweep_id, job.trial, job.number, this_process(),
+                              job.role)  # fmt: skip
     if config.run_name is None:  # MLflow refuses a name given both ways
         tags[MLFLOW_RUN_NAME] = job.trial
     return tags

@@ -49,9 +49,11 @@ def keep_best(
     config: SweepConfig,
     folder: Path,
     sweep_id: str | None = None,
+    confirmed: dict[str, str] | None = None,
 ) -> mlflow.entities.Run | None:
     """Copy the best trial's model, config and metrics to `folder`, register it (with
-    `sweep_id`'s own alias) and promote it."""
+    `sweep_id`'s own alias) and promote it; `confirmed` replaces the single run's selection
+    tags with its configuration's confirmation over seeds (summary.log_confirmations)."""
     best = best_trial(trials, config.min_test_accuracy)
     if best is None:
         log.warning(
@@ -65,7 +67,7 @@ def keep_best(
     aliases = [sweep_alias(sweep_id)] if sweep_id else []
     for alias in aliases:
         client.set_registered_model_alias(version.name, alias, version.version)
-    for key, value in basis(best).items():
+    for key, value in {**basis(best), **(confirmed or {})}.items():
         client.set_model_version_tag(version.name, version.version, TAG(key), value)
     if promote(client, version, config.alias, config.promote):
         aliases.append(config.alias)

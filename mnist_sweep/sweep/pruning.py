@@ -46,10 +46,13 @@ def current_trial(job: SweepJob | None) -> optuna.Trial | None:
     """The running job's Optuna trial, or None outside the study (a single run, a grid)."""
     if job is None or not job.is_trial:
         return None
-    sweeper = HydraConfig.get().sweeper
+    hydra_cfg = HydraConfig.get()
+    sweeper = hydra_cfg.sweeper
+    # A confirmation is never pruned: it measures a configuration over its whole budget.
+    pruner = make_pruner(sweeper.pruner) if job.role == "trial" else None
     study = retried("Loading the study", optuna.load_study,
-        study_name=sweeper.study_name, storage=make_storage(sweeper.storage),
-        pruner=make_pruner(sweeper.pruner) or optuna.pruners.NopPruner(),
+        study_name=job.study_name(hydra_cfg), storage=make_storage(sweeper.storage),
+        pruner=pruner or optuna.pruners.NopPruner(),
     )  # fmt: skip
     # Study._storage and _study_id are private: Optuna has no public way to get a running
     # trial by its number in another process than the one that asked for it.

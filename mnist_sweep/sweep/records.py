@@ -82,12 +82,12 @@ def _age(run: mlflow.entities.Run) -> tuple[int, str]:
 
 
 def trial_tags(
-    config: MlflowConfig, sweep_id: str, trial: str, number: int, owner: str
+    config: MlflowConfig, sweep_id: str, trial: str, number: int, owner: str, role: str = "trial"
 ) -> dict[str, str]:
     """Tags that nest a trial's run under its sweep's parent run in the MLflow UI."""
     client, experiment = client_for(config)
     parent = sweep_parent(client, experiment, sweep_id)
-    tags = {SWEEP_ID: sweep_id, TRIAL: trial, TRIAL_NUMBER: str(number), ROLE: "trial",
+    tags = {SWEEP_ID: sweep_id, TRIAL: trial, TRIAL_NUMBER: str(number), ROLE: role,
             OWNER: owner}  # fmt: skip
     if parent is not None:
         tags[MLFLOW_PARENT_RUN_ID] = parent.info.run_id
@@ -95,14 +95,18 @@ def trial_tags(
 
 
 def mirror_study(
-    client: mlflow.MlflowClient, experiment: str, sweep_id: str, study: optuna.Study
+    client: mlflow.MlflowClient,
+    experiment: str,
+    sweep_id: str,
+    study: optuna.Study,
+    role: str = "trial",
 ) -> None:
     """Make every trial run's status say what the study says of its trial: a run left RUNNING
     by a dead worker or a lost server, or FINISHED by a job whose trial was failed meanwhile
     (its worker counted as gone, an orphan of a killed sweep), is set right."""
     ended = study.get_trials(deepcopy=False, states=tuple(RUN_STATUS))
     wanted = {str(trial.number): RUN_STATUS[trial.state] for trial in ended}
-    for run in sweep_runs(client, experiment, sweep_id, "trial"):
+    for run in sweep_runs(client, experiment, sweep_id, role):
         status = wanted.get(run.data.tags.get(TRIAL_NUMBER, ""))
         if status is not None and run.info.status != status:
             number = run.data.tags[TRIAL_NUMBER]

@@ -13,6 +13,7 @@ import mlflow
 import optuna
 
 from mnist_sweep import tracking
+from mnist_sweep.sweep import confirm
 from mnist_sweep.sweep.objective import METRIC as OBJECTIVE
 
 log = logging.getLogger(__name__)
@@ -126,3 +127,50 @@ def log_summary(
             files += optuna_plots(study, folder)
         for path in files:
             client.log_artifact(parent_run_id, str(path))
+
+
+def log_confirmations(
+    client: mlflow.MlflowClient,
+    parent_run_id: str,
+    trials: list[mlflow.entities.Run],
+    confirmations: list[mlflow.entities.Run],
+    candidates: list[confirm.Candidate],
+) -> tuple[list[mlflow.entities.Run], dict[str, str]]:
+    """The confirmations' table and the chosen configuration on the parent run; returns the
+    chosen configuration's search trial (the only one eligible to be kept) and the version
+    tags that say what it was chosen on."""
+    tests = {run.data.tags.get(tracking.TRIAL_NUMBER): run.data.metrics.get("test_accuracy")
+             for run in confirmations}  # fmt: skip
+    rows = [
+        {"trial": c.trial.number, "search_" + OBJECTIVE: c.trial.value, "seed": seed,
+         OBJECTIVE: value, "test_accuracy": tests.get(str(c.numbers[seed])),
+         "mean_" + OBJECTIVE: c.mean, "spread": c.spread}
+        for c in candidates for seed, value in sorted(c.values.items())
+    ]  # fmt: skip
+    chosen = candidates[0]
+    if rows:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "confirmations.md"
+            path.write_text(markdown_table(rows))
+            client.log_artifact(parent_run_id, str(path))
+    client.log_metric(parent_run_id, f"confirmed_mean_{OBJECTIVE}", chosen.mean)
+    client.log_metric(parent_run_id, f"confirmed_spread_{OBJECTIVE}", chosen.spread)
+    luckiest = max(candidates, key=lambda c: c.trial.value)
+    log.info(
+        "Confirmed: trial %d's configuration, mean %s %.4f (spread %.4f) over seeds %s; the "
+        "best single trial was trial %d (%.4f)", chosen.trial.number, OBJECTIVE, chosen.mean,
+        chosen.spread, sorted(chosen.values), luckiest.trial.number, luckiest.trial.value,
+    )  # fmt: skip
+    per_seed = {seed: (value, tests.get(str(chosen.numbers[seed])))
+                for seed, value in sorted(chosen.values.items())}  # fmt: skip
+    tags = {
+        "selection_metric": f"mean {OBJECTIVE} over {len(chosen.values)} new seeds",
+        "selection_value": repr(chosen.mean),
+        "selection_spread": repr(chosen.spread),
+        "seeds": ",".join(str(seed) for seed in per_seed),
+        "per_seed": json.dumps(
+            {str(s): {OBJECTIVE: v, "test_accuracy": t} for s, (v, t) in per_seed.items()}
+        ),
+    }
+    number = str(chosen.trial.number)
+    return [run for run in trials if run.data.tags.get(tracking.TRIAL_NUMBER) == number], tags

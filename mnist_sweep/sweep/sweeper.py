@@ -35,7 +35,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +55,9 @@ from optuna.trial import TrialState
 from mnist_sweep.config import ConfigError, RunConfig, to_run_config
 from mnist_sweep.masking import masked
 from mnist_sweep.progress import TrialsBar
-from mnist_sweep.sweep import checks, fingerprint, liveness, objective, records
+from mnist_sweep.sweep import checks, confirm, fingerprint, liveness, objective, records
 from mnist_sweep.sweep.errors import SweepError, one_line_errors
-from mnist_sweep.sweep.job import GRID_PREFIX, sweep_id
+from mnist_sweep.sweep.job import CONFIRM_PREFIX, CONFIRM_STUDY, GRID_PREFIX, sweep_id
 from mnist_sweep.sweep.storage import make_storage, retried
 
 log = logging.getLogger(__name__)
@@ -150,12 +150,13 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                  missing(study, self.n_trials), self.n_trials)  # fmt: skip
         try:
             with one_line_errors("The sweep stopped"):
-                self._run_trials(study, space)
+                self._run_trials(study, space, self.n_trials)
+                confirmed = self._confirm(study, space, run_config)
         except BaseException:
             records.close_after_fault(self.client, self.experiment, self.identity, study, parent)
             raise
         with one_line_errors("Ending the sweep"):
-            self._finish(run_config, study)
+            self._finish(run_config, study, confirmed)
 
     def _prepare(self) -> RunConfig:
         """Check the run's config and reach both stores, creating nothing; then the storage
@@ -209,36 +210,77 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                 pruner=self.pruner, directions=self._get_directions(), load_if_exists=True,
             )  # fmt: skip
 
-    def _finish(self, run_config: RunConfig, study: optuna.Study) -> None:
+    def _confirm(
+        self, study: optuna.Study, space: tuple, run_config: RunConfig
+    ) -> list[confirm.Candidate]:
+        """Train the top configurations again with new seeds (sweep.confirm); the candidates,
+        best mean first, or none when confirmation is off."""
+        settings = run_config.sweep.confirm
+        tops = confirm.top(study, settings.top_k)
+        if not tops:
+            return []
+        seeds = confirm.new_seeds(run_config.trainer.seed, settings.seeds)
+        confirmations = retried("Opening the confirmations", optuna.create_study,
+            study_name=CONFIRM_STUDY(study.study_name), storage=self.storage,
+            sampler=optuna.samplers.RandomSampler(), pruner=optuna.pruners.NopPruner(),
+            direction=objective.DIRECTION, load_if_exists=True,
+        )  # fmt: skip
+        log.info("Confirming the top %d configurations with seeds %s", len(tops), seeds)
+
+        def ask(study_: optuna.Study) -> optuna.Trial:
+            confirm.enqueue_missing(study_, tops, seeds)
+            return liveness.ask(study_)
+
+        distributions, fixed, fixed_overrides = space
+        subdir = f"hydra.sweep.subdir={CONFIRM_PREFIX}${{hydra.job.num}}"
+        confirm_space = (confirm.space_with_seeds(distributions, seeds), fixed,
+                         [*fixed_overrides, subdir])  # fmt: skip
+        self._run_trials(confirmations, confirm_space, len(tops) * len(seeds), ask)
+        records.mirror_study(self.client, self.experiment, self.identity, confirmations,
+                             "confirmation")  # fmt: skip
+        return confirm.candidates(confirmations, tops)
+
+    def _finish(
+        self, run_config: RunConfig, study: optuna.Study, confirmed: list[confirm.Candidate]
+    ) -> None:
         """Set MLflow's runs to agree with the study, then the summary and the kept model,
-        chosen among the study's COMPLETE trials."""
+        chosen among the study's COMPLETE trials (the confirmed best mean, if confirmed)."""
         from mnist_sweep.sweep import summary
         from mnist_sweep.sweep.keep import keep_best
 
         parent = records.sweep_parent(self.client, self.experiment, self.identity, True)
         records.mirror_study(self.client, self.experiment, self.identity, study)
         trials = records.sweep_runs(self.client, self.experiment, self.identity, "trial")
-        records.nest_under(self.client, parent, trials)
+        confirmations = records.sweep_runs(self.client, self.experiment, self.identity,
+                                           "confirmation")  # fmt: skip
+        records.nest_under(self.client, parent, trials + confirmations)
         summary.log_summary(self.client, parent.info.run_id, trials, study)
         self._save_results(study)
-        keep_best(self.client, records.complete(trials, study), run_config.sweep,
-                  Path(self.config.hydra.sweep.dir) / "best", self.identity)  # fmt: skip
+        eligible, basis = records.complete(trials, study), {}
+        if confirmed:
+            eligible, basis = summary.log_confirmations(
+                self.client, parent.info.run_id, eligible, confirmations, confirmed
+            )
+        keep_best(self.client, eligible, run_config.sweep,
+                  Path(self.config.hydra.sweep.dir) / "best", self.identity, basis)  # fmt: skip
         self.client.set_terminated(parent.info.run_id, "FINISHED")
 
-    def _run_trials(self, study: optuna.Study, space: tuple) -> None:
+    def _run_trials(
+        self, study: optuna.Study, space: tuple, n_trials: int, ask: Callable = liveness.ask
+    ) -> None:
         """Keep `slots` trials in flight, asking for the next as soon as one ends (no batch
         waits for its slowest trial), until n_trials are complete or pruned.
 
         If interrupted (Ctrl-C), the unfinished trials are told FAIL before it stops.
         """
         slots, in_flight, failures = self._slots(), set(), 0
-        trials_bar = TrialsBar(study, self.n_trials)
+        trials_bar = TrialsBar(study, n_trials)
         finished: queue.SimpleQueue = queue.SimpleQueue()  # (trial, its JobReturn or error)
         try:
             while True:
-                while len(in_flight) < slots and missing(study, self.n_trials) > 0:
+                while len(in_flight) < slots and missing(study, n_trials) > 0:
                     with interrupts_deferred():
-                        in_flight.add(trial := liveness.ask(study))
+                        in_flight.add(trial := ask(study))
                     overrides = self._configure_trials([trial], *space)[0]
                     self._start(study, trial, overrides, finished, threaded=slots > 1)
                 if not in_flight:
