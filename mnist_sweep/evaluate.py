@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from mnist_sweep import report, tracking
-from mnist_sweep.checkpoints import CheckpointError, classifier_from, read_checkpoint
+from mnist_sweep.checkpoints import CheckpointError, classifier_from, describe, read_checkpoint
 from mnist_sweep.config import DatasetName, MlflowConfig
 from mnist_sweep.data import (
     CLASS_NAMES,
@@ -81,6 +81,8 @@ def evaluate_checkpoints(
     """Evaluate one checkpoint, or the ensemble of several, on the test set as an MLflow
     evaluation run; `tta` averages each model over shifted copies of the images."""
     checkpoints = [read_checkpoint(path) for path in paths]
+    for path, checkpoint in zip(paths, checkpoints, strict=True):
+        log.info(describe(checkpoint, str(path)))  # which model, on stderr from main
     _same_dataset(checkpoints, paths)
     models = [classifier_from(checkpoint) for checkpoint in checkpoints]
     model = models[0] if len(models) == 1 else Ensemble(models)
