@@ -4,7 +4,7 @@
 
 In one process and one temporary SQLite store, runs alternate between the two ways of saving
 the default MLP's model.pt: as a plain run artifact (before the MLflow Model existed) and as
-an MLflow Model (tracking.log_model: pyfunc from code, signature, input example) with the
+an MLflow Model (tracking.log_model: a pyfunc over model.pt, signature, input example) with the
 run's metrics linked to it. Prints the median seconds of each and the difference, the figure
 to set against the sweep's per-trial overhead (benchmarks/sweep_cost.py). The first run of
 each kind pays for imports and is left out.

@@ -1,4 +1,4 @@
-"""The run's model as an MLflow Model: a pyfunc over model.pt, logged without pickle."""
+"""The run's model as an MLflow Model: model.pt as data, loaded by this package's own code."""
 
 from __future__ import annotations
 
@@ -20,33 +20,46 @@ from typing import Any
 import mlflow
 import numpy as np
 import torch
-from mlflow.models import ModelSignature
+from mlflow.models import Model, ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from mnist_sweep.checkpoints import load_model
 from mnist_sweep.models import IMAGE_SIDE, NUM_CLASSES
 
-# MLflow runs this file to build the pyfunc ("models from code"), so loading the model
-# unpickles nothing: the weights come from model.pt through load_model (weights_only).
-MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
-CHECKPOINT = "checkpoint"
-CHECKPOINT_IN_MODEL = "artifacts/model.pt"  # where MLflow puts artifacts={CHECKPOINT: model.pt}
+# MLflow loads the model by importing this module of the installed package and calling its
+# _load_pyfunc on model.pt (weights_only): the store holds data only, no code and no pickle.
+LOADER_MODULE = __name__
+CHECKPOINT_IN_MODEL = "data/model.pt"  # where MLflow puts data_path=model.pt
+PYFUNC = "python_function"
+# What MLmodel says of a model that log_pyfunc logged: anything else (a `code` folder, another
+# loader_module or flavor) is a model someone else wrote, and refused by checkpoint_in.
+OURS = {
+    "flavors": [PYFUNC],
+    "loader_module": LOADER_MODULE,
+    "code": None,
+    "data": CHECKPOINT_IN_MODEL,
+}
 SIGNATURE = ModelSignature(
     inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, IMAGE_SIDE, IMAGE_SIDE))]),
     outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, NUM_CLASSES))]),
 )
 
 
-class DigitClassifier(mlflow.pyfunc.PythonModel):
+class DigitClassifier:
     """float32 images in [0, 1] of shape (N, 1, 28, 28) -> (N, 10) class probabilities."""
 
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.classifier = load_model(context.artifacts[CHECKPOINT])
+    def __init__(self, classifier: torch.nn.Module) -> None:
+        self.classifier = classifier
 
-    def predict(self, context: Any, model_input: np.ndarray, params: Any = None) -> np.ndarray:
-        images = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+    def predict(self, model_input: np.ndarray, params: Any = None) -> np.ndarray:
+        images = np.asarray(model_input, dtype=np.float32)
         with torch.inference_mode():
-            return self.classifier(images).numpy()
+            return self.classifier(torch.from_numpy(images)).numpy()
+
+
+def _load_pyfunc(data_path: str) -> DigitClassifier:
+    """MLflow's entry point (loader_module): the classifier of the model's model.pt."""
+    return DigitClassifier(load_model(data_path))
 
 
 def requirements() -> list[str]:
@@ -60,12 +73,55 @@ def log_pyfunc(checkpoint: Path, name: str = "model") -> mlflow.models.model.Mod
     example = np.zeros((1, 1, IMAGE_SIDE, IMAGE_SIDE), dtype=np.float32)
     return mlflow.pyfunc.log_model(
         name=name,
-        python_model=str(MODEL_CODE),
-        artifacts={CHECKPOINT: str(checkpoint)},
+        loader_module=LOADER_MODULE,
+        data_path=str(checkpoint),
         signature=SIGNATURE,
         input_example=example,
         pip_requirements=requirements(),
     )
+
+
+def checkpoint_in(model: Path) -> Path:
+    """model.pt of a logged model downloaded to the folder `model`, once its MLmodel is one this
+    package wrote: loaded by LOADER_MODULE, with no code of its own; ValueError otherwise."""
+    flavors = Model.load(model / "MLmodel").flavors
+    pyfunc = flavors.get(PYFUNC, {})
+    found = {"flavors": sorted(flavors), **{key: pyfunc.get(key) for key in list(OURS)[1:]}}
+    wrong = [f"{key} {value!r}" for key, value in found.items() if value != OURS[key]]
+    if wrong:
+        raise ValueError(
+            f"refused: its MLmodel has {', '.join(wrong)}, not what mnist_sweep logs ({OURS}); "
+            "loading it could run code from the store"
+        )
+    return model / CHECKPOINT_IN_MODEL
+
+
+def download_checkpoint(
+    model_uri: str, folder: Path, tracking_uri: str | None = None
+) -> tuple[Path, str | None]:
+    """model.pt of the logged model `model_uri`, downloaded to `folder` and checked by
+    checkpoint_in, and its registry version (None for a URI that names no version)."""
+    location, version = located(model_uri, tracking_uri)
+    local = mlflow.artifacts.download_artifacts(
+        location, dst_path=str(folder), tracking_uri=tracking_uri
+    )
+    return checkpoint_in(Path(local)), version
+
+
+def located(model_uri: str, tracking_uri: str | None) -> tuple[str, str | None]:
+    """Where the files of `model_uri` are, a registry alias resolved to the version it names now
+    (so that the version downloaded is the one reported), and that version."""
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    if not model_uri.startswith("models:/"):
+        return model_uri, None
+    # MLflow's download of a models:/ URI looks it up in the global store, not `tracking_uri`.
+    client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    found = get_model_name_and_version(client, model_uri)
+    if len(found) == 1:  # models:/<model id>: a logged model, not a registry version
+        return client.get_logged_model(found[0]).artifact_location, None
+    name, version = found
+    return client.get_model_version_download_uri(name, version), version
 
 
 def free_port() -> int:

@@ -3,20 +3,36 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
 import numpy as np
 import pytest
 import torch
+import yaml
+from PIL import Image
 
 import mnist_sweep
+from mnist_sweep import predict
+from mnist_sweep.checkpoints import FORMAT, CheckpointError
 from mnist_sweep.config import SweepConfig
 from mnist_sweep.data import DataFiles, torchvision_dataset
-from mnist_sweep.serving import SIGNATURE, invoke, served
+from mnist_sweep.serving import (
+    CHECKPOINT_IN_MODEL,
+    LOADER_MODULE,
+    SIGNATURE,
+    invoke,
+    log_pyfunc,
+    served,
+)
 from mnist_sweep.sweep.keep import keep_best
 
 CHAMPION = "models:/mnist_sweep_test@champion"
+# What MLflow runs to load the model: a module of the installed package, no code from the store.
+PYFUNC = {"loader_module": LOADER_MODULE, "code": None, "data": CHECKPOINT_IN_MODEL}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +67,8 @@ def test_the_logged_model_has_its_signature_input_example_and_requirements(store
     info = mlflow.models.get_model_info(logged.model_uri)
     assert info.signature == SIGNATURE
     assert info.saved_input_example_info["type"] == "ndarray"
-    assert info.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert list(info.flavors) == ["python_function"]
+    assert info.flavors["python_function"].items() >= PYFUNC.items()
     requirements = mlflow.pyfunc.get_model_dependencies(logged.model_uri)
     assert any(line.startswith("mnist_sweep==") for line in Path(requirements).read_text().split())
 
@@ -86,3 +103,93 @@ def test_mlflow_models_serve_answers_with_the_same_digits(
     assert (predictions.argmax(1) == expected.argmax(1).numpy()).all()
     np.testing.assert_allclose(predictions, expected.numpy(), atol=1e-6)
     assert bad_status == 400 and "shape" in bad_answer["message"].lower()
+
+
+# Code an attacker with write access to the artifact store plants: it leaves a marker if run.
+ATTACK = """import pathlib, types
+pathlib.Path({marker!r}).touch()
+_load_pyfunc = lambda data_path: types.SimpleNamespace(predict=print)
+"""
+
+
+@pytest.fixture
+def logged(trained_run: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The trained model logged as a run logs it, in a store of its own (MLflow's URI points at
+    it meanwhile): its models:/ URI and its folder in the artifact store."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    artifacts = (tmp_path / "artifacts").as_uri()
+    with mlflow.start_run(experiment_id=mlflow.create_experiment("tamper", artifacts)):
+        info = log_pyfunc(trained_run / "out" / "model.pt")
+    location = mlflow.MlflowClient().get_logged_model(info.model_id).artifact_location
+    yield info.model_uri, Path(urlparse(location).path)
+    mlflow.set_tracking_uri(previous)
+
+
+def predict_main(model: str, images: np.ndarray, tmp_path: Path, capsys) -> tuple[int, str]:
+    """`predict --model model` on one test digit: the exit status and stderr."""
+    Image.fromarray((images[0, 0] * 255).astype(np.uint8)).save(tmp_path / "digit.png")
+    code = predict.main(["--model", model, str(tmp_path / "digit.png")])
+    return code, capsys.readouterr().err
+
+
+def test_a_model_whose_mlmodel_names_other_code_is_refused_and_runs_nothing(
+    logged, images, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    uri, folder = logged
+    marker = tmp_path / "the attacker ran"
+    (folder / "code").mkdir()
+    (folder / "code" / "planted_loader.py").write_text(ATTACK.format(marker=str(marker)))
+    mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
+    mlmodel["flavors"]["python_function"].update(loader_module="planted_loader", code="code")
+    (folder / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    code, err = predict_main(uri, images, tmp_path, capsys)
+    assert code == 2 and "refused" in err and "'planted_loader'" in err and "'code'" in err
+    assert not marker.exists()
+    # What remains: MLflow's own loader (and so `mlflow models serve`) trusts MLmodel.
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    try:
+        mlflow.pyfunc.load_model(uri)
+    finally:
+        sys.modules.pop("planted_loader", None)
+    assert marker.exists()
+
+
+def test_a_model_pt_replaced_by_a_pickle_with_code_is_refused_and_runs_nothing(
+    logged, images, tmp_path: Path, capsys
+) -> None:
+    uri, folder = logged
+    marker = tmp_path / "the attacker ran"
+    torch.save({"format": FORMAT, "weights": Planted(marker)}, folder / CHECKPOINT_IN_MODEL)
+    torch.load(folder / CHECKPOINT_IN_MODEL, weights_only=False)  # the payload works...
+    assert marker.exists()
+    marker.unlink()
+    code, err = predict_main(uri, images, tmp_path, capsys)
+    assert code == 2 and "not a readable torch checkpoint" in err
+    with pytest.raises(CheckpointError, match="not a readable torch checkpoint"):
+        mlflow.pyfunc.load_model(uri)  # our loader_module reads it with weights_only too
+    assert not marker.exists()
+
+
+def test_python_files_dropped_beside_the_model_are_never_imported(
+    logged, images, tmp_path: Path, capsys
+) -> None:
+    uri, folder = logged
+    marker = tmp_path / "the attacker ran"
+    for planted in ("sitecustomize.py", "data/__init__.py", "mnist_sweep/serving.py"):
+        (folder / planted).parent.mkdir(exist_ok=True)
+        (folder / planted).write_text(ATTACK.format(marker=str(marker)))
+    assert mlflow.pyfunc.load_model(uri).predict(images[:1]).shape == (1, 10)
+    code, err = predict_main(uri, images, tmp_path, capsys)
+    assert code == 0 and err.startswith(f"model: {uri}")
+    assert not marker.exists()
+
+
+class Planted:
+    """Pickled, it calls Path.touch(marker) when unpickled: code that torch.load would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
