@@ -43,6 +43,8 @@ SIGNATURE = ModelSignature(
     inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, IMAGE_SIDE, IMAGE_SIDE))]),
     outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, NUM_CLASSES))]),
 )
+# How far outside [0, 1] a pixel may stray (float rounding of x / 255 and the like).
+TOLERANCE = 1e-3
 
 
 class DigitClassifier:
@@ -52,7 +54,7 @@ class DigitClassifier:
         self.classifier = classifier
 
     def predict(self, model_input: np.ndarray, params: Any = None) -> np.ndarray:
-        images = np.asarray(model_input, dtype=np.float32)
+        images = checked_images(np.asarray(model_input, dtype=np.float32))
         with torch.inference_mode():
             return self.classifier(torch.from_numpy(images)).numpy()
 
@@ -60,6 +62,23 @@ class DigitClassifier:
 def _load_pyfunc(data_path: str) -> DigitClassifier:
     """MLflow's entry point (loader_module): the classifier of the model's model.pt."""
     return DigitClassifier(load_model(data_path))
+
+
+def checked_images(images: np.ndarray) -> np.ndarray:
+    """`images` if every value is a number in [0, 1] (within TOLERANCE); an MlflowException
+    otherwise, which the scoring server answers with HTTP 400 and its message."""
+    problem = None
+    if np.isnan(images).any():
+        problem = "NaN (or null) values"
+    elif np.isinf(images).any():
+        problem = "infinite values (or values beyond float32's range, about 3.4e38)"
+    elif images.size and (images.min() < -TOLERANCE or images.max() > 1 + TOLERANCE):
+        problem = f"values from {images.min():.6g} to {images.max():.6g}"
+    if problem is not None:
+        raise mlflow.exceptions.MlflowException.invalid_parameter_value(
+            f"images must be numbers in [0, 1] (white digit on black, pixel / 255); got {problem}"
+        )
+    return images
 
 
 def requirements() -> list[str]:
@@ -170,11 +189,17 @@ def wait_until_up(url: str, server: subprocess.Popen, log: Path, timeout: float 
 
 
 def invoke(url: str, body: dict) -> tuple[int, dict]:
-    """POST `body` as JSON to the served model's /invocations: the status and the answer."""
+    """POST `body` as JSON to the served model's /invocations: the status and the answer,
+    which must be valid JSON."""
     request = urllib.request.Request(f"{url}/invocations", json.dumps(body).encode(),
                                      {"Content-Type": "application/json"})  # fmt: skip
     try:
         with urllib.request.urlopen(request, timeout=60) as reply:
-            return reply.status, json.load(reply)
+            return reply.status, json.load(reply, parse_constant=_not_json)
     except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
+        return error.code, json.load(error, parse_constant=_not_json)
+
+
+def _not_json(constant: str) -> None:
+    # Python's json reads NaN and Infinity, which JSON has not; the server must not write them.
+    raise ValueError(f"the answer is not valid JSON: it holds a bare {constant}")

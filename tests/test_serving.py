@@ -89,20 +89,58 @@ def test_the_champion_is_the_logged_model_and_predicts_like_load_model(
     assert kept.net.hparams == mnist_sweep.load_model(trained_run / "out" / "model.pt").net.hparams
 
 
-def test_mlflow_models_serve_answers_with_the_same_digits(
+# Requests the served model refuses with HTTP 400, and a word its message must hold. JSON has
+# no NaN or Infinity, but clients send them (Python's json.dumps does) and MLflow reads them;
+# null and 1e300 reach the model as NaN and infinity (float32).
+BAD_INPUTS = {
+    "nan": (float("nan"), "nan"),
+    "null": (None, "nan"),
+    "infinity": (float("inf"), "infinite"),
+    "1e300": (1e300, "infinite"),
+    "255": (255.0, "[0, 1]"),
+    "-1e30": (-1e30, "[0, 1]"),
+    "string": ("abc", "abc"),
+}
+
+
+def image_with(value: object, images: np.ndarray) -> list:
+    """The first test image as JSON lists, one pixel of it replaced by `value`."""
+    image = images[:1].tolist()
+    image[0][0][14][14] = value
+    return image
+
+
+def test_mlflow_models_serve_answers_with_the_same_digits_and_refuses_bad_input(
     store, trained_run: Path, images, tmp_path: Path
 ) -> None:
     _, _, tracking_uri = store
-    with served(CHAMPION, tracking_uri, tmp_path / "serve.log") as url:
+    with served(CHAMPION, tracking_uri, tmp_path / "serve.log") as url:  # one start: slow
         status, answer = invoke(url, {"inputs": images[:50].tolist()})
-        bad_status, bad_answer = invoke(url, {"inputs": [[1.0, 2.0]]})
+        bad_shape = invoke(url, {"inputs": [[1.0, 2.0]]})
+        bad = {case: invoke(url, {"inputs": image_with(value, images)})
+               for case, (value, _) in BAD_INPUTS.items()}  # fmt: skip
+        edges = invoke(url, {"inputs": image_with(1.0005, images) + image_with(-0.0005, images)})
+        boolean = invoke(url, {"inputs": image_with(True, images)})
     assert status == 200
     predictions = np.array(answer["predictions"])
     assert predictions.shape == (50, 10)
     expected = checkpoint_probabilities(trained_run, images[:50])
     assert (predictions.argmax(1) == expected.argmax(1).numpy()).all()
     np.testing.assert_allclose(predictions, expected.numpy(), atol=1e-6)
-    assert bad_status == 400 and "shape" in bad_answer["message"].lower()
+    assert bad_shape[0] == 400 and "shape" in bad_shape[1]["message"].lower()
+    for case, (_, word) in BAD_INPUTS.items():
+        assert bad[case][0] == 400, (case, bad[case])
+        assert word in bad[case][1]["message"].lower(), (case, bad[case][1]["message"][-300:])
+    assert edges[0] == 200  # within serving.TOLERANCE of [0, 1]
+    # MLflow's parser casts each value to the signature's float32 before the model sees it, so
+    # a boolean arrives as 1.0 (README, "As a web service"): answered like the image it makes.
+    np.testing.assert_allclose(
+        boolean[1]["predictions"],
+        checkpoint_probabilities(
+            trained_run, np.asarray(image_with(1.0, images), np.float32)
+        ).numpy(),
+        atol=1e-6,
+    )
 
 
 # Code an attacker with write access to the artifact store plants: it leaves a marker if run.
