@@ -10,7 +10,7 @@ models:/mnist_sweep_mlp@champion of ./mlflow.db (the store of a sweep run in thi
 there is one, else the newest multirun/*/best/model.pt under the current folder: what the last
 sweep run here kept. The first line on stderr names the model taken (path or URI, registry
 version, store, recorded test accuracy). A logged model is loaded from its model.pt alone, once
-its MLmodel is one mnist_sweep logged: no code from the store runs (serving.checkpoint_in).
+its MLmodel is one mnist_sweep logged: no code from the store runs (serving.check_mlmodel).
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ from typing import Any
 import mlflow
 import numpy as np
 import torch
-from mlflow.models import Model, ModelSignature
+import yaml
+from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from mnist_sweep.checkpoints import load_model
@@ -32,7 +33,7 @@ LOADER_MODULE = __name__
 CHECKPOINT_IN_MODEL = "data/model.pt"  # where MLflow puts data_path=model.pt
 PYFUNC = "python_function"
 # What MLmodel says of a model that log_pyfunc logged: anything else (a `code` folder, another
-# loader_module or flavor) is a model someone else wrote, and refused by checkpoint_in.
+# loader_module or flavor) is a model someone else wrote, and refused by check_mlmodel.
 OURS = {
     "flavors": [PYFUNC],
     "loader_module": LOADER_MODULE,
@@ -100,31 +101,41 @@ def log_pyfunc(checkpoint: Path, name: str = "model") -> mlflow.models.model.Mod
     )
 
 
-def checkpoint_in(model: Path) -> Path:
-    """model.pt of a logged model downloaded to the folder `model`, once its MLmodel is one this
-    package wrote: loaded by LOADER_MODULE, with no code of its own; ValueError otherwise."""
-    flavors = Model.load(model / "MLmodel").flavors
-    pyfunc = flavors.get(PYFUNC, {})
-    found = {"flavors": sorted(flavors), **{key: pyfunc.get(key) for key in list(OURS)[1:]}}
-    wrong = [f"{key} {value!r}" for key, value in found.items() if value != OURS[key]]
-    if wrong:
-        raise ValueError(
-            f"refused: its MLmodel has {', '.join(wrong)}, not what mnist_sweep logs ({OURS}); "
-            "loading it could run code from the store"
-        )
-    return model / CHECKPOINT_IN_MODEL
-
-
 def download_checkpoint(
     model_uri: str, folder: Path, tracking_uri: str | None = None
 ) -> tuple[Path, str | None]:
-    """model.pt of the logged model `model_uri`, downloaded to `folder` and checked by
-    checkpoint_in, and its registry version (None for a URI that names no version)."""
+    """model.pt of the logged model `model_uri`, downloaded to `folder` once its MLmodel passes
+    check_mlmodel (nothing else of the model is fetched), and its registry version (None for a
+    URI that names no version)."""
     location, version = located(model_uri, tracking_uri)
-    local = mlflow.artifacts.download_artifacts(
-        location, dst_path=str(folder), tracking_uri=tracking_uri
-    )
-    return checkpoint_in(Path(local)), version
+
+    def fetch(name: str) -> Path:
+        return Path(mlflow.artifacts.download_artifacts(
+            f"{location.rstrip('/')}/{name}", dst_path=str(folder / Path(name).parent),
+            tracking_uri=tracking_uri,
+        ))  # fmt: skip
+
+    check_mlmodel(fetch("MLmodel"))
+    return fetch(CHECKPOINT_IN_MODEL), version
+
+
+def check_mlmodel(path: Path) -> None:
+    """ValueError unless the MLmodel file at `path` says what log_pyfunc writes (OURS)."""
+    try:
+        flavors = dict(yaml.safe_load(path.read_text())["flavors"])
+        pyfunc = dict(flavors[PYFUNC])
+        found = {"flavors": sorted(flavors), **{key: pyfunc.get(key) for key in list(OURS)[1:]}}
+    except (yaml.YAMLError, LookupError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"refused: its MLmodel is not one mnist_sweep writes ({error!r})"
+        ) from error
+    wrong = [f"{key} {value!r}" for key, value in found.items() if value != OURS[key]]
+    if wrong:
+        raise ValueError(
+            f"refused: its MLmodel has {', '.join(wrong)}, where mnist_sweep writes "
+            + ", ".join(f"{key} {value!r}" for key, value in OURS.items())
+            + "; loading it with MLflow could run code from the store"
+        )
 
 
 def located(model_uri: str, tracking_uri: str | None) -> tuple[str, str | None]:

@@ -24,6 +24,7 @@ from mnist_sweep.serving import (
     CHECKPOINT_IN_MODEL,
     LOADER_MODULE,
     SIGNATURE,
+    check_mlmodel,
     invoke,
     log_pyfunc,
     served,
@@ -221,6 +222,22 @@ def test_python_files_dropped_beside_the_model_are_never_imported(
     code, err = predict_main(uri, images, tmp_path, capsys)
     assert code == 0 and err.startswith(f"model: {uri}")
     assert not marker.exists()
+
+
+OURS_AS_WRITTEN = {"flavors": {"python_function": {**PYFUNC, "python_version": "3.11.7"}}}
+
+
+@pytest.mark.parametrize(
+    "mlmodel",
+    ["flavors: [", "- a list", "", "flavors: {python_function: 3}",
+     yaml.safe_dump({"flavors": {**OURS_AS_WRITTEN["flavors"], "pytorch": {"pickled": True}}})],
+)  # fmt: skip
+def test_an_mlmodel_unlike_what_log_pyfunc_writes_is_refused(mlmodel: str, tmp_path) -> None:
+    (tmp_path / "MLmodel").write_text(yaml.safe_dump(OURS_AS_WRITTEN))
+    check_mlmodel(tmp_path / "MLmodel")
+    (tmp_path / "MLmodel").write_text(mlmodel)
+    with pytest.raises(ValueError, match=r"^refused: its MLmodel"):
+        check_mlmodel(tmp_path / "MLmodel")
 
 
 class Planted:
