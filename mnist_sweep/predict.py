@@ -91,13 +91,12 @@ def has_champion(tracking_uri: str) -> bool:
 
     if not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
         return False
+    query = f"name = '{REGISTERED_MODEL}'"
     try:
-        mlflow.MlflowClient(tracking_uri).get_model_version_by_alias(REGISTERED_MODEL, ALIAS)
+        models = mlflow.MlflowClient(tracking_uri).search_registered_models(query)
     except mlflow.exceptions.MlflowException as error:
-        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise ValueError(f"{tracking_uri}: {error.message}") from error
-        return False
-    return True
+        raise ValueError(f"{tracking_uri}: {error.message}") from error
+    return any(ALIAS in model.aliases for model in models)
 
 
 def open_logged(uri: str, tracking_uri: str | None) -> tuple[Classifier, str]:

@@ -156,8 +156,11 @@ def test_the_default_model_is_the_champion_of_the_store_here_else_the_newest_kep
         f"model: {tmp_path}/multirun/new/best/model.pt, test accuracy {accuracy(trained_run)} "
         f"(the default: the newest kept, no {CHAMPION} in {DEFAULT_STORE})\n"
     )
-    register_champion(trained_run / "out" / "model.pt")
+    version = register_twice(trained_run / "out" / "model.pt")
     capsys.readouterr()
+    assert main(["one.png"]) == 0  # versions, but no champion yet
+    assert "(the default: the newest kept" in capsys.readouterr().err
+    mlflow.MlflowClient(DEFAULT_STORE).set_registered_model_alias(REGISTERED_MODEL, ALIAS, version)
     assert main(["one.png"]) == 0
     assert capsys.readouterr().err == (
         f"model: {CHAMPION} (version 2) in {DEFAULT_STORE}, test accuracy "
@@ -165,8 +168,9 @@ def test_the_default_model_is_the_champion_of_the_store_here_else_the_newest_kep
     )
 
 
-def register_champion(checkpoint: Path) -> None:
-    """Log `checkpoint` twice into the default store here, the second as the champion."""
+def register_twice(checkpoint: Path) -> str:
+    """Log `checkpoint` twice into the default store here and register both; the second's
+    version."""
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(DEFAULT_STORE)
     try:
@@ -174,10 +178,10 @@ def register_champion(checkpoint: Path) -> None:
         for _ in range(2):
             with mlflow.start_run(experiment_id=experiment):
                 model = log_pyfunc(checkpoint)
-            version = mlflow.register_model(model.model_uri, REGISTERED_MODEL)
-        mlflow.MlflowClient().set_registered_model_alias(REGISTERED_MODEL, ALIAS, version.version)
+            version = mlflow.register_model(model.model_uri, REGISTERED_MODEL).version
     finally:
         mlflow.set_tracking_uri(previous)
+    return version
 
 
 def test_the_default_champion_is_the_one_a_default_sweep_here_records() -> None:
