@@ -104,6 +104,7 @@ def open_logged(uri: str, tracking_uri: str | None) -> tuple[Classifier, str]:
     no code of the model's own runs (serving.download_checkpoint)."""
     import mlflow
 
+    import mnist_sweep.tracking  # noqa: F401  its MLflow defaults: no download progress bars
     from mnist_sweep.checkpoints import classifier_from, describe, read_checkpoint
     from mnist_sweep.masking import masked
     from mnist_sweep.serving import download_checkpoint
