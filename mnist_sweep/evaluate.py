@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 
@@ -32,6 +33,7 @@ from mnist_sweep.data import (
     torchvision_dataset,
 )
 from mnist_sweep.evaluation import Predictions, predict
+from mnist_sweep.masking import MASK
 from mnist_sweep.models import Ensemble, ShiftTTA
 
 log = logging.getLogger(__name__)
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trained = read_checkpoint(args.checkpoints[0])["config"]
         mlflow_config = MlflowConfig(
-            tracking_uri=args.tracking_uri or trained["mlflow"]["tracking_uri"],
+            tracking_uri=args.tracking_uri or _recorded_store(trained, args.checkpoints[0]),
             experiment_name=args.experiment or trained["mlflow"]["experiment_name"],
             run_name=evaluation_name(args.checkpoints, args.tta),
         )
@@ -151,6 +153,16 @@ def evaluation_name(paths: Sequence[Path], tta: bool) -> str:
     models = ", ".join(f"{path.resolve().parent.parent.name}/{path.resolve().parent.name}"
                        for path in paths)  # fmt: skip
     return f"evaluate {'ensemble ' if len(paths) > 1 else ''}{models}{' +TTA' if tta else ''}"
+
+
+def _recorded_store(config: dict, path: Path) -> str:
+    """The tracking URI the checkpoint's run used; CheckpointError if its password was masked
+    when recorded (experiment.run), which no store would accept."""
+    uri = config["mlflow"]["tracking_uri"]
+    if urlsplit(uri).password == MASK:
+        raise CheckpointError(f"{path} records its store as {uri}, password masked: pass "
+                              "--tracking-uri")  # fmt: skip
+    return uri
 
 
 def _default_out(args: argparse.Namespace) -> Path:

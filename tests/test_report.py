@@ -126,3 +126,14 @@ def test_models_of_different_datasets_are_not_ensembled(
     torch.save(checkpoint, other)
     assert evaluate_main([str(trained), str(other)]) == 2
     assert "different datasets" in capsys.readouterr().err
+
+
+def test_evaluate_asks_for_the_store_when_the_checkpoint_records_it_masked(
+    trained: Path, tmp_path: Path, capsys
+) -> None:
+    checkpoint = torch.load(trained, weights_only=True)
+    checkpoint["config"]["mlflow"]["tracking_uri"] = "http://alice:***@127.0.0.1:9"
+    masked = tmp_path / "masked.pt"
+    torch.save(checkpoint, masked)
+    assert evaluate_main([str(masked)]) == 2
+    assert "password masked: pass --tracking-uri" in capsys.readouterr().err
