@@ -135,13 +135,9 @@ def test_mlflow_models_serve_answers_with_the_same_digits_and_refuses_bad_input(
     assert edges[0] == 200  # within serving.TOLERANCE of [0, 1]
     # MLflow's parser casts each value to the signature's float32 before the model sees it, so
     # a boolean arrives as 1.0 (README, "As a web service"): answered like the image it makes.
-    np.testing.assert_allclose(
-        boolean[1]["predictions"],
-        checkpoint_probabilities(
-            trained_run, np.asarray(image_with(1.0, images), np.float32)
-        ).numpy(),
-        atol=1e-6,
-    )
+    with_one = np.asarray(image_with(1.0, images), np.float32)
+    expected = checkpoint_probabilities(trained_run, with_one).numpy()
+    np.testing.assert_allclose(boolean[1]["predictions"], expected, atol=1e-6)
 
 
 # Code an attacker with write access to the artifact store plants: it leaves a marker if run.
