@@ -4,7 +4,7 @@
 
 In one process and one temporary SQLite store, runs alternate between the two ways of saving
 the default MLP's model.pt: as a plain run artifact (before the MLflow Model existed) and as
-an MLflow Model (tracking.log_model: pyfunc from code, signature, input example) with the
+an MLflow Model (tracking.log_model: a pyfunc over model.pt, signature, input example) with the
 run's metrics linked to it. Prints the median seconds of each and the difference, the figure
 to set against the sweep's per-trial overhead (benchmarks/sweep_cost.py). The first run of
 each kind pays for imports and is left out.
@@ -53,8 +53,11 @@ def main() -> None:
             normalization={"mean": 0.1307, "std": 0.3081}, class_names=list("0123456789"),
             metrics=METRICS, config={},
         )  # fmt: skip
-        mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
-        mlflow.set_experiment("model_logging")
+        store = f"sqlite:///{folder}/mlflow.db"
+        mlflow.set_tracking_uri(store)
+        # Artifacts in the temporary folder too (MLflow's default is ./mlruns where it runs).
+        artifacts = tracking.artifact_location(store)
+        mlflow.set_experiment(experiment_id=mlflow.create_experiment("model_logging", artifacts))
         times: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(args.runs + 1):
             for as_model in (False, True):

@@ -74,3 +74,10 @@ def classifier_from(checkpoint: dict[str, Any]) -> Classifier:
     net.load_state_dict(checkpoint["state_dict"])
     normalization = checkpoint["normalization"]
     return Classifier(net, normalization["mean"], normalization["std"]).eval()
+
+
+def describe(checkpoint: dict[str, Any], where: str) -> str:
+    """One line for the user: which model (`where` it came from) and its recorded test accuracy."""
+    accuracy = checkpoint["metrics"].get("test_accuracy")
+    recorded = "no test accuracy recorded" if accuracy is None else f"test accuracy {accuracy:.4f}"
+    return f"model: {where}, {recorded}"

@@ -18,11 +18,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 
 from mnist_sweep import report, tracking
-from mnist_sweep.checkpoints import CheckpointError, classifier_from, read_checkpoint
+from mnist_sweep.checkpoints import CheckpointError, classifier_from, describe, read_checkpoint
 from mnist_sweep.config import DatasetName, MlflowConfig
 from mnist_sweep.data import (
     CLASS_NAMES,
@@ -32,6 +33,7 @@ from mnist_sweep.data import (
     torchvision_dataset,
 )
 from mnist_sweep.evaluation import Predictions, predict
+from mnist_sweep.masking import MASK
 from mnist_sweep.models import Ensemble, ShiftTTA
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,8 @@ def evaluate_checkpoints(
     """Evaluate one checkpoint, or the ensemble of several, on the test set as an MLflow
     evaluation run; `tta` averages each model over shifted copies of the images."""
     checkpoints = [read_checkpoint(path) for path in paths]
+    for path, checkpoint in zip(paths, checkpoints, strict=True):
+        log.info(describe(checkpoint, str(path)))  # which model, on stderr from main
     _same_dataset(checkpoints, paths)
     models = [classifier_from(checkpoint) for checkpoint in checkpoints]
     model = models[0] if len(models) == 1 else Ensemble(models)
@@ -122,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trained = read_checkpoint(args.checkpoints[0])["config"]
         mlflow_config = MlflowConfig(
-            tracking_uri=args.tracking_uri or trained["mlflow"]["tracking_uri"],
+            tracking_uri=args.tracking_uri or _recorded_store(trained, args.checkpoints[0]),
             experiment_name=args.experiment or trained["mlflow"]["experiment_name"],
             run_name=evaluation_name(args.checkpoints, args.tta),
         )
@@ -149,6 +153,16 @@ def evaluation_name(paths: Sequence[Path], tta: bool) -> str:
     models = ", ".join(f"{path.resolve().parent.parent.name}/{path.resolve().parent.name}"
                        for path in paths)  # fmt: skip
     return f"evaluate {'ensemble ' if len(paths) > 1 else ''}{models}{' +TTA' if tta else ''}"
+
+
+def _recorded_store(config: dict, path: Path) -> str:
+    """The tracking URI the checkpoint's run used; CheckpointError if its password was masked
+    when recorded (experiment.run), which no store would accept."""
+    uri = config["mlflow"]["tracking_uri"]
+    if urlsplit(uri).password == MASK:
+        raise CheckpointError(f"{path} records its store as {uri}, password masked: pass "
+                              "--tracking-uri")  # fmt: skip
+    return uri
 
 
 def _default_out(args: argparse.Namespace) -> Path:

@@ -20,6 +20,7 @@ from mnist_sweep.data import DATASETS, Loaders, class_names, expected_digests, m
 from mnist_sweep.evaluate import report_and_log
 from mnist_sweep.evaluation import predict
 from mnist_sweep.explore import show5_png
+from mnist_sweep.masking import masked_tree
 from mnist_sweep.models import Network, build_model
 from mnist_sweep.progress import SHOWN_ON_BAR, bars_shown
 from mnist_sweep.sweep import pruning
@@ -32,7 +33,9 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig, output_dir: Path, job: SweepJob | None = None) -> float:
     """Train and test the configured model, log it as one MLflow run; returns val accuracy."""
     config = to_run_config(cfg)
-    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    # What the run records (params, model.pt, config.yaml), URL passwords masked; it connects
+    # with `config`.
+    resolved = masked_tree(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     target = device.configure(config.trainer)
     torch.manual_seed(config.trainer.seed)
     tags = job_tags(config.mlflow, job)

@@ -5,8 +5,12 @@
 PATH is an image file or a folder of them. Each picture is brought to MNIST's form
 (images.to_mnist) before the model sees it. --model takes a checkpoint (model.pt), a folder
 holding one, or an MLflow model URI (models:/mnist_sweep_mlp@champion, in the store that
-MLFLOW_TRACKING_URI names, ./mlflow.db by default); by default it is the newest
-multirun/*/best/model.pt under the current folder: what the last sweep run here kept.
+MLFLOW_TRACKING_URI names, ./mlflow.db by default). By default it is the champion
+models:/mnist_sweep_mlp@champion of ./mlflow.db (the store of a sweep run in this folder) if
+there is one, else the newest multirun/*/best/model.pt under the current folder: what the last
+sweep run here kept. The first line on stderr names the model taken (path or URI, registry
+version, store, recorded test accuracy). A logged model is loaded from its model.pt alone, once
+its MLmodel is one mnist_sweep logged: no code from the store runs (serving.check_mlmodel).
 """
 
 from __future__ import annotations
@@ -14,17 +18,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from mnist_sweep.images import ImageError, read_digit
 
+if TYPE_CHECKING:
+    from mnist_sweep.models import Classifier
+
 Predictor = Callable[[np.ndarray], np.ndarray]  # (N, 1, 28, 28) in [0, 1] -> (N, 10)
 KEPT = "multirun/*/best/model.pt"
+# The store and the champion that a default sweep started here records (conf/mlflow/local.yaml,
+# conf/sweep/mlp.yaml); tests/test_predict.py checks that they agree.
+DEFAULT_STORE = "sqlite:///mlflow.db"
+REGISTERED_MODEL, ALIAS = "mnist_sweep_mlp", "champion"
+CHAMPION = f"models:/{REGISTERED_MODEL}@{ALIAS}"
 BATCH = 1000
 PREVIEW_LIMIT = 100  # pictures drawn on one preview sheet
 
@@ -48,18 +62,70 @@ class Reading:
 
 
 def load_predictor(model: str | None) -> Predictor:
-    """The model that `--model` names: a checkpoint, a folder with model.pt, an MLflow URI."""
-    if model is None:
-        return _checkpoint_predictor(newest_kept(Path.cwd()))
-    if ":/" in model and not Path(model).exists():
-        import mlflow
+    """The model that `--model` names, or the default one (see the module's docstring)."""
+    return predictor_of(open_model(model)[0])
 
-        try:
-            return mlflow.pyfunc.load_model(model).predict
-        except mlflow.exceptions.MlflowException as error:
-            raise ValueError(f"{model}: {error.message}") from error
+
+def open_model(model: str | None) -> tuple[Classifier, str]:
+    """The classifier that `--model` names, or the default one, and a line saying which it is."""
+    if model is None:
+        return open_default()
+    if ":/" in model and not Path(model).exists():
+        return open_logged(model, tracking_uri=None)
     path = Path(model)
-    return _checkpoint_predictor(path / "model.pt" if path.is_dir() else path)
+    return open_checkpoint(path / "model.pt" if path.is_dir() else path)
+
+
+def open_default() -> tuple[Classifier, str]:
+    """The champion of the default store if there is one, else the newest kept model here."""
+    if has_champion(DEFAULT_STORE):
+        classifier, line = open_logged(CHAMPION, DEFAULT_STORE)
+        return classifier, f"{line} (the default)"
+    classifier, line = open_checkpoint(newest_kept(Path.cwd()))
+    return classifier, f"{line} (the default: the newest kept, no {CHAMPION} in {DEFAULT_STORE})"
+
+
+def has_champion(tracking_uri: str) -> bool:
+    """Whether the SQLite store `tracking_uri` exists (it is never created) and holds CHAMPION."""
+    import mlflow
+
+    if not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        return False
+    query = f"name = '{REGISTERED_MODEL}'"
+    try:
+        models = mlflow.MlflowClient(tracking_uri).search_registered_models(query)
+    except mlflow.exceptions.MlflowException as error:
+        raise ValueError(f"{tracking_uri}: {error.message}") from error
+    return any(ALIAS in model.aliases for model in models)
+
+
+def open_logged(uri: str, tracking_uri: str | None) -> tuple[Classifier, str]:
+    """A logged MLflow Model by URI: its MLmodel checked, its model.pt loaded (weights_only);
+    no code of the model's own runs (serving.download_checkpoint)."""
+    import mlflow
+
+    import mnist_sweep.tracking  # noqa: F401  its MLflow defaults: no download progress bars
+    from mnist_sweep.checkpoints import classifier_from, describe, read_checkpoint
+    from mnist_sweep.masking import masked
+    from mnist_sweep.serving import download_checkpoint
+
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path, version = download_checkpoint(uri, Path(folder), tracking_uri)
+            checkpoint = read_checkpoint(path)
+        except (mlflow.exceptions.MlflowException, ValueError) as error:
+            raise ValueError(f"{uri}: {error}") from error
+    numbered = f"{uri} (version {version})" if version else uri
+    where = f"{numbered} in {masked(tracking_uri or mlflow.get_tracking_uri())}"
+    return classifier_from(checkpoint), describe(checkpoint, where)
+
+
+def open_checkpoint(path: Path) -> tuple[Classifier, str]:
+    """A checkpoint file's classifier, and a line saying which it is."""
+    from mnist_sweep.checkpoints import classifier_from, describe, read_checkpoint
+
+    checkpoint = read_checkpoint(path)
+    return classifier_from(checkpoint), describe(checkpoint, str(path))
 
 
 def newest_kept(folder: Path) -> Path:
@@ -67,18 +133,14 @@ def newest_kept(folder: Path) -> Path:
     kept = sorted(folder.glob(KEPT), key=lambda path: path.stat().st_mtime)
     if not kept:
         raise FileNotFoundError(
-            f"no kept model: nothing matches {folder / KEPT}; run a sweep here "
-            "(python run.py -m) or pass --model"
+            f"no kept model: no {CHAMPION} in {DEFAULT_STORE} and nothing matches "
+            f"{folder / KEPT}; run a sweep here (python run.py -m) or pass --model"
         )
     return kept[-1]
 
 
-def _checkpoint_predictor(path: Path) -> Predictor:
+def predictor_of(classifier: Classifier) -> Predictor:
     import torch
-
-    from mnist_sweep.checkpoints import load_model
-
-    classifier = load_model(path)
 
     def predictor(images: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -160,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model",
         help=f"model.pt, a folder holding one, or an MLflow model URI such as "
-        f"models:/mnist_sweep_mlp@champion (default: the newest {KEPT} here)",
+        f"models:/mnist_sweep_mlp@champion (default: {CHAMPION} in {DEFAULT_STORE} if there is "
+        f"one, else the newest {KEPT} here)",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument(
@@ -169,15 +232,16 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        predictor = load_predictor(args.model)
+        classifier, which = open_model(args.model)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    print(which, file=sys.stderr)
     readings, errors = read_all(args.paths, preview=args.preview is not None)
     for error in errors:
         print(error, file=sys.stderr)
     if readings:
-        classify(readings, predictor)
+        classify(readings, predictor_of(classifier))
         for reading in readings:
             print(reading.line(args.json))
         if args.preview:

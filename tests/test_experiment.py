@@ -49,6 +49,21 @@ def test_one_run_holds_the_whole_config_as_dotted_params(finished) -> None:
     }
 
 
+def test_a_password_in_a_url_of_the_config_is_recorded_masked(small_cfg, tmp_path: Path) -> None:
+    # Passwords come in the tracking or storage URL, but a SQLite store can carry none (and
+    # the run must reach its store): another key holds the URL, masked by the same code.
+    small_cfg.mlflow.run_name = "https://alice:s3cret@example.org/runs"
+    experiment.run(small_cfg, tmp_path / "out")
+    client = mlflow.MlflowClient(small_cfg.mlflow.tracking_uri)
+    [run] = client.search_runs([client.get_experiment_by_name("mnist_sweep").experiment_id])
+    assert run.data.params["mlflow.run_name"] == "https://alice:***@example.org/runs"
+    config_yaml = OmegaConf.load(tmp_path / "out" / "config.yaml")
+    in_model = read_checkpoint(tmp_path / "out" / "model.pt")["config"]
+    for recorded in (config_yaml.mlflow.run_name, in_model["mlflow"]["run_name"]):
+        assert recorded == "https://alice:***@example.org/runs"
+    assert b"s3cret" not in (tmp_path / "out" / "config.yaml").read_bytes()
+
+
 def test_metrics_per_epoch_and_at_the_end(finished) -> None:
     val_accuracy, client, runs, _ = finished
     run = runs[0]

@@ -11,18 +11,28 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 import mnist_sweep
+from mnist_sweep.checkpoints import read_checkpoint
 from mnist_sweep.data import DataFiles, torchvision_dataset
 from mnist_sweep.images import CENTRE, ImageError, handed_over, to_mnist
-from mnist_sweep.predict import main
+from mnist_sweep.predict import ALIAS, CHAMPION, DEFAULT_STORE, REGISTERED_MODEL, main
+from mnist_sweep.serving import log_pyfunc
+
+from conftest import compose_config
 
 
 @pytest.fixture(scope="module")
 def test_digits(data_root: Path) -> tuple[np.ndarray, np.ndarray]:
     test = torchvision_dataset(DataFiles(str(data_root)), train=False)
     return test.data.numpy(), test.targets.numpy()
+
+
+def accuracy(trained_run: Path) -> str:
+    """The test accuracy recorded in the trained run's model.pt, as predict writes it."""
+    return f"{read_checkpoint(trained_run / 'out' / 'model.pt')['metrics']['test_accuracy']:.4f}"
 
 
 def predictions(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, list[dict], str]:
@@ -40,7 +50,10 @@ def test_pictures_handed_over_score_within_a_point_of_the_raw_test_tensors(
         suffix = ".jpg" if index % 3 == 0 else ".png"
         handed_over(digit, rng).save(tmp_path / f"{index:04d}{suffix}", quality=90)
     code, rows, err = predictions(capsys, "--model", str(trained_run / "out"), str(tmp_path))
-    assert code == 0 and err == "" and len(rows) == len(images)
+    assert code == 0 and len(rows) == len(images)
+    assert (
+        err == f"model: {trained_run / 'out' / 'model.pt'}, test accuracy {accuracy(trained_run)}\n"
+    )
     from_files = np.mean([row["digit"] for row in rows] == labels)
     model = mnist_sweep.load_model(trained_run / "out" / "model.pt")
     with torch.no_grad():
@@ -100,7 +113,8 @@ def test_every_bad_file_gets_an_error_line_and_the_others_are_still_predicted(
     code, rows, err = predictions(capsys, "--model", model, *folders)
     assert code == 1
     assert [row["path"] for row in rows] == [str(tmp_path / "good.png")]
-    lines = err.splitlines()
+    which, *lines = err.splitlines()
+    assert which.startswith(f"model: {model}")
     assert len(lines) == 5 and all(line.startswith("error: ") for line in lines)
     for name in ("notes.png", "empty.jpg", "nothing_here", "missing.png"):
         assert sum(name in line for line in lines) == 1, (name, lines)
@@ -119,7 +133,7 @@ def test_text_lines_and_the_preview_sheet(trained_run: Path, test_digits, tmp_pa
         assert sheet.format == "PNG" and sheet.width > 300
 
 
-def test_the_default_model_is_the_newest_kept_one(
+def test_the_default_model_is_the_champion_of_the_store_here_else_the_newest_kept_one(
     trained_run: Path, tmp_path, monkeypatch, capsys
 ) -> None:
     monkeypatch.chdir(tmp_path)
@@ -128,6 +142,7 @@ def test_the_default_model_is_the_newest_kept_one(
     )
     assert main(["one.png"]) == 2
     assert "no kept model" in capsys.readouterr().err
+    assert not Path("mlflow.db").exists()  # looked for, never created
     for study, age in (("new", 0), ("old", 100)):
         kept = tmp_path / "multirun" / study / "best" / "model.pt"
         kept.parent.mkdir(parents=True)
@@ -137,6 +152,43 @@ def test_the_default_model_is_the_newest_kept_one(
     old.write_bytes(b"damaged")
     os.utime(old, (old.stat().st_mtime - 100,) * 2)
     assert main(["one.png"]) == 0  # the damaged old one would fail
+    assert capsys.readouterr().err == (
+        f"model: {tmp_path}/multirun/new/best/model.pt, test accuracy {accuracy(trained_run)} "
+        f"(the default: the newest kept, no {CHAMPION} in {DEFAULT_STORE})\n"
+    )
+    version = register_twice(trained_run / "out" / "model.pt")
+    capsys.readouterr()
+    assert main(["one.png"]) == 0  # versions, but no champion yet
+    assert "(the default: the newest kept" in capsys.readouterr().err
+    mlflow.MlflowClient(DEFAULT_STORE).set_registered_model_alias(REGISTERED_MODEL, ALIAS, version)
+    assert main(["one.png"]) == 0
+    assert capsys.readouterr().err == (
+        f"model: {CHAMPION} (version 2) in {DEFAULT_STORE}, test accuracy "
+        f"{accuracy(trained_run)} (the default)\n"
+    )
+
+
+def register_twice(checkpoint: Path) -> str:
+    """Log `checkpoint` twice into the default store here and register both; the second's
+    version."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(DEFAULT_STORE)
+    try:
+        experiment = mlflow.create_experiment("champions")
+        for _ in range(2):
+            with mlflow.start_run(experiment_id=experiment):
+                model = log_pyfunc(checkpoint)
+            version = mlflow.register_model(model.model_uri, REGISTERED_MODEL).version
+    finally:
+        mlflow.set_tracking_uri(previous)
+    return version
+
+
+def test_the_default_champion_is_the_one_a_default_sweep_here_records() -> None:
+    cfg = compose_config()
+    store = OmegaConf.to_container(cfg.mlflow)["tracking_uri"]  # unresolved: Hydra's own key
+    assert store.replace("${hydra:runtime.cwd}/", "") == DEFAULT_STORE
+    assert (cfg.sweep.registered_model, cfg.sweep.alias) == (REGISTERED_MODEL, ALIAS)
 
 
 def test_an_mlflow_model_uri_predicts_like_the_checkpoint(

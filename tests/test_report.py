@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import mlflow
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from mnist_sweep import experiment
+from mnist_sweep.checkpoints import read_checkpoint
 from mnist_sweep.evaluate import main as evaluate_main
 from mnist_sweep.evaluation import Predictions
 from mnist_sweep.report import write_report
@@ -59,11 +61,14 @@ def test_every_run_logs_the_evaluation(trained: Path, small_cfg) -> None:
 
 
 def test_evaluate_entry_point_logs_an_evaluation_run_naming_its_source(
-    trained: Path, small_cfg, data_root: Path, tmp_path: Path
+    trained: Path, small_cfg, data_root: Path, tmp_path: Path, caplog
 ) -> None:
+    caplog.set_level(logging.INFO, logger="mnist_sweep.evaluate")  # main logs to stderr
     assert (
         evaluate_main([str(trained), "--root", str(data_root), "--out", str(tmp_path / "ev")]) == 0
     )
+    recorded = read_checkpoint(trained)["metrics"]["test_accuracy"]
+    assert f"model: {trained}, test accuracy {recorded:.4f}" in caplog.messages
     assert (tmp_path / "ev" / "confusion_matrix.png").read_bytes().startswith(PNG)
     client = mlflow.MlflowClient(small_cfg.mlflow.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("mnist_sweep").experiment_id])
@@ -121,3 +126,14 @@ def test_models_of_different_datasets_are_not_ensembled(
     torch.save(checkpoint, other)
     assert evaluate_main([str(trained), str(other)]) == 2
     assert "different datasets" in capsys.readouterr().err
+
+
+def test_evaluate_asks_for_the_store_when_the_checkpoint_records_it_masked(
+    trained: Path, tmp_path: Path, capsys
+) -> None:
+    checkpoint = torch.load(trained, weights_only=True)
+    checkpoint["config"]["mlflow"]["tracking_uri"] = "http://alice:***@127.0.0.1:9"
+    masked = tmp_path / "masked.pt"
+    torch.save(checkpoint, masked)
+    assert evaluate_main([str(masked)]) == 2
+    assert "password masked: pass --tracking-uri" in capsys.readouterr().err
