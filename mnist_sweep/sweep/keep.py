@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 # The version tags that say what a champion was chosen on; comparable versions agree on these.
 BASIS = ("dataset_digest", "val_split")
 TAG = "mnist_sweep.{}".format
+EARLIER_CHECKPOINT_IN_MODEL = "artifacts/model.pt"
 
 
 def best_trial(
@@ -87,14 +88,24 @@ def copy_out(
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as download:
         shutil.copy(client.download_artifacts(best.info.run_id, "config.yaml", download), folder)
-        model = mlflow.artifacts.download_artifacts(
-            f"{logged.artifact_location}/{CHECKPOINT_IN_MODEL}", dst_path=download,
-            tracking_uri=client.tracking_uri,
-        )  # fmt: skip
-        shutil.copy(model, folder / "model.pt")
+        shutil.copy(download_checkpoint(client, logged, download), folder / "model.pt")
     summary = {"run_id": best.info.run_id, "trial": best.data.tags.get(tracking.TRIAL),
                **best.data.metrics}  # fmt: skip
     (folder / "metrics.json").write_text(json.dumps(summary, indent=2))
+
+
+def download_checkpoint(client: mlflow.MlflowClient, logged: LoggedModel, folder: str) -> str:
+    """The logged model's model.pt: where log_pyfunc puts it, or where models logged by
+    earlier versions of this package (as code, with model.pt an artifact) have it."""
+    for inside in (CHECKPOINT_IN_MODEL, EARLIER_CHECKPOINT_IN_MODEL):
+        try:
+            return mlflow.artifacts.download_artifacts(
+                f"{logged.artifact_location}/{inside}", dst_path=folder,
+                tracking_uri=client.tracking_uri,
+            )  # fmt: skip
+        except (mlflow.exceptions.MlflowException, OSError):
+            continue
+    raise LookupError(f"MLflow Model {logged.model_id} holds no model.pt")
 
 
 def basis(run: mlflow.entities.Run) -> dict[str, str]:
