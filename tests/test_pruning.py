@@ -140,7 +140,7 @@ def test_a_freed_slot_is_refilled_without_waiting_for_the_slowest_trial() -> Non
     sweeper.launcher = launcher
     sweeper.config = None
     study = optuna.create_study(direction="maximize")
-    sweeper._run_trials(study, ({"x": FloatDistribution(0, 1)}, {}, []))
+    sweeper._run_trials(study, ({"x": FloatDistribution(0, 1)}, {}, []), sweeper.n_trials)
     # Trials 1-4 ran one after another in the second slot while trial 0 held the first.
     assert launcher.ended == [1, 2, 3, 4, 0]
     assert [trial.state for trial in study.trials] == [

@@ -74,6 +74,15 @@ def rdb_storage(url: str, attempts: int = 5, **options: Any) -> Any:
             time.sleep(attempt * random.uniform(0.2, 0.6))
 
 
+def storage_name(storage: Any) -> str:
+    """How errors name a storage: the journal's file, or the database URL, password masked."""
+    from mnist_sweep.masking import masked
+
+    if OmegaConf.is_config(storage):
+        return str(OmegaConf.select(storage, "log_storage.file_path", default="the journal"))
+    return masked(str(storage))
+
+
 def connect_timeout(url: Any) -> dict[str, Any]:
     """PostgreSQL connections give up after 5 s (libpq waits forever by default), so a
     database that went away is retried rather than hung on."""

@@ -58,7 +58,7 @@ from mnist_sweep.progress import TrialsBar
 from mnist_sweep.sweep import checks, confirm, fingerprint, liveness, objective, records
 from mnist_sweep.sweep.errors import SweepError, one_line_errors
 from mnist_sweep.sweep.job import CONFIRM_PREFIX, CONFIRM_STUDY, GRID_PREFIX, sweep_id
-from mnist_sweep.sweep.storage import make_storage, retried
+from mnist_sweep.sweep.storage import make_storage, retried, storage_name
 
 log = logging.getLogger(__name__)
 WAIT_FOR_OTHERS_S = 2.0
@@ -168,7 +168,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         checks.check_data_root(run_config.data.root)
         checks.probe_storage(self.storage_config)
         checks.probe_tracking(run_config.mlflow.tracking_uri)
-        with one_line_errors(f"hydra.sweeper.storage={masked(str(self.storage_config))}"):
+        with one_line_errors(f"hydra.sweeper.storage={storage_name(self.storage_config)}"):
             self.storage = make_storage(self.storage_config, *self.liveness, self._worker_gone)
         with one_line_errors(f"mlflow.tracking_uri={masked(run_config.mlflow.tracking_uri)}"):
             from mnist_sweep import tracking
@@ -192,7 +192,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
     def _open_study(self, settings: dict[str, str]) -> optuna.Study:
         """The study, created with `settings` as its fingerprint, or resumed if they match."""
         liveness.stop_on_sigterm_as_on_ctrl_c()
-        with one_line_errors(f"hydra.sweeper.storage={masked(str(self.storage_config))}"):
+        with one_line_errors(f"hydra.sweeper.storage={storage_name(self.storage_config)}"):
             study = retried("Opening the study", self._load_or_create_study)
             fingerprint.check_or_record(study, settings)
             liveness.fail_abandoned_trials(study, self._worker_gone)
