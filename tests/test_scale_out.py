@@ -391,7 +391,7 @@ def test_a_database_outage_shorter_than_the_grace_period_fails_no_live_trial(
 ) -> None:
     sweep = Sweep("db_outage", postgres, tracking_server, data_root)
     worker = sweep.start(
-        tmp_path, "hydra.sweeper.n_trials=2", "trainer.epochs=4", "~hydra.sweeper.pruner",
+        tmp_path, "hydra.sweeper.n_trials=2", "trainer.epochs=4", "~pruner",
         "hydra.sweeper.heartbeat_interval=2", "hydra.sweeper.grace_period=30",
         f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",  # MLflow's server is on it too
     )  # fmt: skip

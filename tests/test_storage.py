@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mnist_sweep.config import register_schema
+from mnist_sweep.sweep import liveness
 from mnist_sweep.sweep.checks import check_sweeper
 from mnist_sweep.sweep.errors import SweepError
 from mnist_sweep.sweep.storage import database_url, make_storage
@@ -37,6 +38,8 @@ def test_a_database_url_gets_optuna_heartbeats(tmp_path: Path) -> None:
     storage = make_storage(f"sqlite:///{tmp_path}/optuna.db", 2, 7)
     assert isinstance(storage, optuna.storages.RDBStorage)
     assert (storage.heartbeat_interval, storage.grace_period) == (2, 7)
+    # A study wraps the storage in a cache; heartbeats still reach the database through it.
+    assert liveness.heartbeat_interval(optuna.create_study(storage=storage)) == 2
 
 
 def test_the_journal_config_is_instantiated(tmp_path: Path) -> None:

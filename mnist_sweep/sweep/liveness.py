@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable, Iterator
 
 import optuna
-from optuna.storages import RDBStorage, fail_stale_trials
+from optuna.storages import fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
 from mnist_sweep.sweep.errors import describe
@@ -66,10 +66,11 @@ def heartbeat_interval(study: optuna.Study) -> int | None:
     """Seconds between a running trial's heartbeats, None when the storage has none.
 
     Study._storage is private, but Optuna offers no public way to reach a study's storage
-    (its heartbeats are otherwise driven only from inside Study.optimize).
+    (its heartbeats are otherwise driven only from inside Study.optimize). An RDBStorage
+    reaches a study wrapped in a cache that passes heartbeats on, so it is asked, not typed.
     """
-    storage = study._storage
-    return storage.get_heartbeat_interval() if isinstance(storage, RDBStorage) else None
+    interval = getattr(study._storage, "get_heartbeat_interval", None)
+    return interval() if interval is not None else None
 
 
 def ask(study: optuna.Study) -> optuna.Trial:
