@@ -12,6 +12,7 @@ import signal
 import subprocess
 import threading
 import time
+import types
 from pathlib import Path
 
 import mlflow
@@ -229,11 +230,9 @@ def test_a_heartbeat_goes_on_through_database_errors() -> None:
     class Study:
         _storage = Flaky()
 
-    trial = optuna.trial.FixedTrial({})
+    trial = types.SimpleNamespace(number=0, _trial_id=0)
     stop = threading.Event()
     thread = threading.Thread(target=liveness.beat, args=(Study(), trial, 0.01, stop))
-    trial._trial_id = 0
-    trial.number = 0
     thread.start()
     deadline = time.monotonic() + 10
     while Study._storage.calls < 6 and time.monotonic() < deadline:
