@@ -14,15 +14,8 @@ import torch
 from PIL import Image
 
 import mnist_sweep
-from mnist_sweep.data import DataFiles, torchvision_dataset
 from mnist_sweep.images import CENTRE, ImageError, handed_over, to_mnist
 from mnist_sweep.predict import main
-
-
-@pytest.fixture(scope="module")
-def test_digits(data_root: Path) -> tuple[np.ndarray, np.ndarray]:
-    test = torchvision_dataset(DataFiles(str(data_root)), train=False)
-    return test.data.numpy(), test.targets.numpy()
 
 
 def predictions(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, list[dict], str]:
