@@ -1,6 +1,6 @@
 """MNIST test digits as phones and scanners produce them, and predict's accuracy on them.
 
-    python benchmarks/photos.py --model M [--per-condition 300] [--before REV] [--out DIR]
+    python benchmarks/photos.py --model M [--per-condition 150] [--before REV] [--out DIR]
 
 `photographed(digit, condition, rng)` turns a 28x28 MNIST digit into a picture under one of
 CONDITIONS (uneven light, sensor noise, JPEG, paper texture, blur and rotation, thin and thick
@@ -241,7 +241,7 @@ def images_per_second(shots, model: str, folder: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="what predict's --model takes")
-    parser.add_argument("--per-condition", type=int, default=300)
+    parser.add_argument("--per-condition", type=int, default=150)
     parser.add_argument("--before", help="git revision whose images.to_mnist to compare")
     parser.add_argument("--out", type=Path, help="write the pictures here and keep them")
     parser.add_argument("--root", help="MNIST data folder (default: the usual cache)")
@@ -255,14 +255,15 @@ def main() -> None:
     predictor = load_predictor(args.model)
     raw = predictor((digits[:, None] / 255).astype(np.float32)).argmax(1) == labels
     columns = {"raw tensors": _by_condition(shots, raw)}
+    versions = {"to_mnist now": to_mnist}
     if args.before:
-        columns[f"to_mnist at {args.before}"] = accuracy_by_condition(
-            git_module(args.before).to_mnist, shots, labels, predictor)  # fmt: skip
-    started = time.perf_counter()
-    columns["to_mnist now"] = accuracy_by_condition(to_mnist, shots, labels, predictor)
-    seconds = time.perf_counter() - started
-    print(f"{count} pictures, {args.per_condition} per condition; to_mnist now: "
-          f"{seconds / count * 1000:.1f} ms per picture in-process")  # fmt: skip
+        versions = {f"to_mnist at {args.before}": git_module(args.before).to_mnist, **versions}
+    print(f"{count} pictures, {args.per_condition} per condition")
+    for name, version in versions.items():
+        started = time.perf_counter()
+        columns[name] = accuracy_by_condition(version, shots, labels, predictor)
+        print(f"{name}: {(time.perf_counter() - started) / count * 1000:.1f} ms per picture "
+              "in-process, the model included")  # fmt: skip
     print("| condition | " + " | ".join(columns) + " |")
     print("| --- " * (len(columns) + 1) + "|")
     for name in [*CONDITIONS, "all"]:
@@ -271,7 +272,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.out or Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
-        print(f"predict CLI: {images_per_second(shots, args.model, folder):.0f} images/s")
+        rate = images_per_second(shots, args.model, folder)
+        print(f"python -m mnist_sweep.predict on the {count} files: {rate:.0f} further images/s")
 
 
 if __name__ == "__main__":
