@@ -28,6 +28,7 @@ WORK_SIDE = 1024  # pictures are reduced to at most this many pixels a side befo
 # Modes that Image.reduce does not take, and what they become first.
 REDUCIBLE = {"1": "L", "P": "RGBA", "I;16": "I", "I;16B": "I", "I;16L": "I", "I;16N": "I"}
 FLOAT_RANGES = (1.0, 255.0, 65535.0)  # full scales of float, 8-bit and 16-bit greys
+UNSHOWN = ("I", "F", "LAB")  # Pillow clips the first two at 255 to show them, and LAB fails
 # Each step below is measured by `python benchmarks/photos.py` (150 pictures under each of its
 # 13 conditions, the README's model: 97% on the same digits as test tensors, 96% on the
 # pictures); a figure is the accuracy on the pictures of a condition with the step, then
@@ -72,7 +73,7 @@ def read_digit(path: Path | str) -> tuple[np.ndarray, Image.Image]:
         form = to_mnist(image)
     except ImageError as error:
         raise ImageError(f"{path}: {error}") from error
-    if image.mode in ("I", "F"):  # as 8-bit greys for display: Pillow clips them at 255
+    if image.mode in UNSHOWN:  # as 8-bit greys for display
         image = Image.fromarray((grey_levels(image) * 255).round().astype(np.uint8))
     return form, image
 
@@ -226,8 +227,13 @@ def disk(radius: int) -> np.ndarray:
 def grey_levels(image: Image.Image) -> np.ndarray:
     """The picture as greys in [0, 1]; 32-bit and float greys scaled by their full scale (the
     smallest of 1, 255, 65535 that holds their brightest value), not clipped at 255."""
+    if image.mode == "LAB":  # Pillow converts LAB to no other mode; its L band is lightness
+        image = image.getchannel("L")
     if image.mode not in ("I", "F"):
-        return np.asarray(image.convert("L"), np.float32) / 255
+        try:
+            return np.asarray(image.convert("L"), np.float32) / 255
+        except ValueError as error:
+            raise ImageError(f"cannot make {image.mode} pictures grey ({error})") from error
     grey = np.nan_to_num(np.asarray(image, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     full = next((top for top in FLOAT_RANGES if grey.max() <= top), grey.max())
     return np.clip(grey / full, 0, 1)

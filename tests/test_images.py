@@ -96,8 +96,9 @@ def float_grey(digit: np.ndarray) -> Image.Image:
         (".jpg", lambda d: Image.fromarray(255 - d).convert("CMYK")),
         (".tif", lambda d: Image.fromarray(d).convert("LA")),
         (".png", lambda d: Image.fromarray(255 - d).convert("1")),
+        (".tif", lambda d: Image.fromarray(255 - d).convert("RGB").convert("LAB")),
     ],
-    ids=["16-bit", "float", "palette", "cmyk", "grey-alpha", "one-bit"],
+    ids=["16-bit", "float", "palette", "cmyk", "grey-alpha", "one-bit", "lab"],
 )
 def test_every_mode_gives_the_form_of_the_8_bit_grey_picture(
     test_digits, tmp_path: Path, suffix, made
