@@ -108,8 +108,9 @@ def camera(
     return picture
 
 
-def _frame(rng: np.random.Generator, scale=(4, 8)) -> tuple[int, tuple[int, int]]:
-    side = 28 * int(rng.integers(*scale))
+def _frame(rng: np.random.Generator) -> tuple[int, tuple[int, int]]:
+    """A digit's side (4-7x MNIST's) and a page 30-200 pixels larger each way."""
+    side = 28 * int(rng.integers(4, 8))
     return side, (side + int(rng.integers(30, 200)), side + int(rng.integers(30, 200)))
 
 
