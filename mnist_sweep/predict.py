@@ -161,7 +161,11 @@ def read_all(paths: list[Path], preview: bool = False) -> tuple[list[Reading], l
     """The readable pictures, and an error line for each file that is not one."""
     readings, errors = [], []
     for path in paths:
-        files = image_files(path)
+        try:
+            files = image_files(path)
+        except OSError as error:  # a folder that cannot be listed: permissions, I/O errors
+            errors.append(f"error: {path}: cannot list this folder ({error.strerror})")
+            continue
         if not files:
             errors.append(f"error: {path}: no image files in this folder")
         for file in files:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from mnist_sweep.config import DatasetName, register_schema
-from mnist_sweep.data import DATASETS
+from mnist_sweep.data import DATASETS, DataFiles, torchvision_dataset
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
 # Where data=fashion_mnist reads from by default; CI installs Debian's package (.ci/run).
 FASHION_SOURCE = Path(DATASETS[DatasetName.fashion_mnist].source)
 needs_fashion_mnist = pytest.mark.skipif(
@@ -63,3 +67,20 @@ def trained_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     cfg = compose_config([*overrides, *(f"{key}={value}" for key, value in better.items())])
     experiment.run(cfg, folder / "out")
     return folder
+
+
+@pytest.fixture(scope="session")
+def test_digits(data_root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST's test images (uint8, N x 28 x 28) and labels."""
+    test = torchvision_dataset(DataFiles(str(data_root)), train=False)
+    return test.data.numpy(), test.targets.numpy()
+
+
+@pytest.fixture(scope="session")
+def photos() -> ModuleType:
+    """benchmarks/photos.py, the generator of realistic pictures. One copy serves the tests and
+    the benchmark; benchmarks/ is a folder of scripts, not a package, so it is loaded by path."""
+    spec = importlib.util.spec_from_file_location("photos", REPO / "benchmarks" / "photos.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

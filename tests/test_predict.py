@@ -16,18 +16,11 @@ from PIL import Image
 
 import mnist_sweep
 from mnist_sweep.checkpoints import read_checkpoint
-from mnist_sweep.data import DataFiles, torchvision_dataset
 from mnist_sweep.images import CENTRE, ImageError, handed_over, to_mnist
 from mnist_sweep.predict import ALIAS, CHAMPION, DEFAULT_STORE, REGISTERED_MODEL, main
 from mnist_sweep.serving import log_pyfunc
 
 from conftest import compose_config
-
-
-@pytest.fixture(scope="module")
-def test_digits(data_root: Path) -> tuple[np.ndarray, np.ndarray]:
-    test = torchvision_dataset(DataFiles(str(data_root)), train=False)
-    return test.data.numpy(), test.targets.numpy()
 
 
 def accuracy(trained_run: Path) -> str:
