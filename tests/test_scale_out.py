@@ -404,7 +404,7 @@ def test_a_database_outage_shorter_than_the_grace_period_fails_no_live_trial(
     storage = optuna.storages.RDBStorage(postgres.url(sweep.name, "postgresql+psycopg"))
     trials = optuna.load_study(study_name=sweep.name, storage=storage).trials
     assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 2, log
-    assert "heartbeat missed: the study's database is unreachable" in log
+    assert "record_heartbeat: the study's database is unreachable" in log
     assert "marked FAIL" not in log
 
 

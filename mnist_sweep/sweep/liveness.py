@@ -26,7 +26,6 @@ from optuna.storages import fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
 from mnist_sweep.sweep.errors import describe
-from mnist_sweep.sweep.storage import retried
 
 log = logging.getLogger(__name__)
 OWNER = "mnist_sweep.owner"
@@ -79,10 +78,10 @@ def ask(study: optuna.Study) -> optuna.Trial:
         # Optuna warns that heartbeats are meant for Study.optimize; heartbeat() below is
         # what optimize does around each trial, for our ask-and-tell loop.
         warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-        trial = retried("Asking for a trial", study.ask)
+        trial = study.ask()
     if heartbeat_interval(study):
-        retried("A heartbeat", study._storage.record_heartbeat, trial._trial_id)
-    retried("Recording the trial's owner", trial.set_user_attr, OWNER, this_process())
+        study._storage.record_heartbeat(trial._trial_id)
+    trial.set_user_attr(OWNER, this_process())
     return trial
 
 

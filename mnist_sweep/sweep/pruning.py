@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 
 from mnist_sweep import tracking
 from mnist_sweep.sweep.job import SweepJob
-from mnist_sweep.sweep.storage import make_storage, retried
+from mnist_sweep.sweep.storage import make_storage
 from mnist_sweep.training import EpochMetrics
 
 log = logging.getLogger(__name__)
@@ -50,14 +50,13 @@ def current_trial(job: SweepJob | None) -> optuna.Trial | None:
     sweeper = hydra_cfg.sweeper
     # A confirmation is never pruned: it measures a configuration over its whole budget.
     pruner = make_pruner(sweeper.pruner) if job.role == "trial" else None
-    study = retried("Loading the study", optuna.load_study,
+    study = optuna.load_study(
         study_name=job.study_name(hydra_cfg), storage=make_storage(sweeper.storage),
         pruner=pruner or optuna.pruners.NopPruner(),
     )  # fmt: skip
     # Study._storage and _study_id are private: Optuna has no public way to get a running
     # trial by its number in another process than the one that asked for it.
-    trial_id = retried("Finding the trial", study._storage.get_trial_id_from_study_id_trial_number,
-                       study._study_id, job.number)  # fmt: skip
+    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, job.number)
     return optuna.Trial(study, trial_id)
 
 
@@ -80,13 +79,13 @@ def reporting(on_epoch: OnEpoch, trial: optuna.Trial | None) -> OnEpoch:
 
     def report(metrics: EpochMetrics) -> None:
         on_epoch(metrics)
-        if not retried("Reading the trial's state", still_running, trial):
+        if not still_running(trial):
             raise TrialEndedElsewhere(
                 f"trial {trial.number} is no longer running in the study (another worker "
                 "failed it, or its sweep process is gone); this job stops"
             )
-        retried("Reporting the epoch", trial.report, metrics.val_accuracy, metrics.epoch)
-        if retried("Asking the pruner", trial.should_prune):
+        trial.report(metrics.val_accuracy, metrics.epoch)
+        if trial.should_prune():
             log.info("Trial %d pruned at epoch %d (val_accuracy %.4f)",
                      trial.number, metrics.epoch, metrics.val_accuracy)  # fmt: skip
             tracking.set_tags({tracking.PRUNED_AT_EPOCH: str(metrics.epoch)})

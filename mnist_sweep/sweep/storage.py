@@ -3,6 +3,7 @@ its operations ride out a database that goes away for a moment."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -10,6 +11,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import optuna
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -58,16 +60,15 @@ def make_storage(
 
 
 def rdb_storage(url: str, attempts: int = 5, **options: Any) -> Any:
-    """Optuna's RDBStorage, tolerating workers that start together on a new database: all of
+    """A PatientRDBStorage, tolerating workers that start together on a new database: all of
     them create Optuna's tables, and all but one fail with a duplicate key; they try again."""
-    import optuna
     import sqlalchemy
 
     for attempt in range(1, attempts + 1):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, **options)
+                return PatientRDBStorage(url, **options)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             if attempt == attempts:
                 raise
@@ -91,12 +92,34 @@ def connect_timeout(url: Any) -> dict[str, Any]:
 
 def is_transient(error: BaseException) -> bool:
     """A storage error that a later try may not meet: the database is away or restarting."""
-    import optuna
     import sqlalchemy
 
     return isinstance(
         error, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError)
     )
+
+
+def patient(method: Callable[..., T]) -> Callable[..., T]:
+    """A storage method that waits out a database outage (retried)."""
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> T:
+        return retried(f"The study's {method.__name__}", method, self, *args, **kwargs)
+
+    return call
+
+
+class PatientRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage whose every call waits up to STORAGE_RETRY_S for a database that
+    went away: asking for a trial, its params, an epoch's report, the pruner's question, a
+    result, a heartbeat. RDBStorage itself fails at the first lost connection, and a study's
+    operations reach it through Optuna's cache, which this subclass keeps."""
+
+
+for _name, _method in vars(optuna.storages.RDBStorage).items():
+    # _get_stale_trial_ids is how fail_stale_trials asks which trials are stale.
+    if callable(_method) and (not _name.startswith("_") or _name == "_get_stale_trial_ids"):
+        setattr(PatientRDBStorage, _name, patient(_method))
 
 
 def retried(what: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -58,7 +58,7 @@ from mnist_sweep.progress import TrialsBar
 from mnist_sweep.sweep import checks, confirm, fingerprint, liveness, objective, records
 from mnist_sweep.sweep.errors import SweepError, one_line_errors
 from mnist_sweep.sweep.job import CONFIRM_PREFIX, CONFIRM_STUDY, GRID_PREFIX, sweep_id
-from mnist_sweep.sweep.storage import make_storage, retried, storage_name
+from mnist_sweep.sweep.storage import make_storage, storage_name
 
 log = logging.getLogger(__name__)
 WAIT_FOR_OTHERS_S = 2.0
@@ -193,7 +193,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         """The study, created with `settings` as its fingerprint, or resumed if they match."""
         liveness.stop_on_sigterm_as_on_ctrl_c()
         with one_line_errors(f"hydra.sweeper.storage={storage_name(self.storage_config)}"):
-            study = retried("Opening the study", self._load_or_create_study)
+            study = self._load_or_create_study()
             fingerprint.check_or_record(study, settings)
             liveness.fail_abandoned_trials(study, self._worker_gone)
         return study
@@ -220,7 +220,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         if not tops:
             return []
         seeds = confirm.new_seeds(run_config.trainer.seed, settings.seeds)
-        confirmations = retried("Opening the confirmations", optuna.create_study,
+        confirmations = optuna.create_study(
             study_name=CONFIRM_STUDY(study.study_name), storage=self.storage,
             sampler=optuna.samplers.RandomSampler(), pruner=optuna.pruners.NopPruner(),
             direction=objective.DIRECTION, load_if_exists=True,
@@ -374,14 +374,13 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
 
 
 def tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn | BaseException) -> TrialState:
-    """Record a finished job in the study: COMPLETE, PRUNED or FAIL. A database that is
-    away for a moment is waited for, so a finished trial's result is not lost."""
+    """Record a finished job in the study: COMPLETE, PRUNED or FAIL (a database away for a
+    moment is waited for: storage.PatientRDBStorage)."""
     if isinstance(result, BaseException):
         raise SweepError(f"The launcher failed: {result}") from result
     state, value = outcome(trial, result)
     # skip_if_finished: another worker may have failed it as stale (a long pause here).
-    told = retried(f"Telling trial {trial.number}'s result", study.tell, trial,
-                   value, state=state, skip_if_finished=True)  # fmt: skip
+    told = study.tell(trial, value, state=state, skip_if_finished=True)
     if told.state is not state:
         log.warning("Trial %d ended %s here, but the study had already marked it %s (its "
                     "heartbeat went stale); the study's word stands", trial.number,
