@@ -33,7 +33,7 @@ def describe(error: BaseException) -> str:
     if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
         where = f" writing {cause.filename}" if cause.filename else ""
         return f"no space left on the device{where}; free some and run the same command again"
-    text = str(cause).strip().splitlines()
+    text = str(cause).strip("() \n").splitlines()
     reason = text[0] if text else type(cause).__name__
     return " ".join(masked(word) for word in reason.split(" "))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -99,12 +100,21 @@ def is_transient(error: BaseException) -> bool:
     )
 
 
+_patience = threading.local()
+
+
 def patient(method: Callable[..., T]) -> Callable[..., T]:
     """A storage method that waits out a database outage (retried)."""
 
     @functools.wraps(method)
     def call(self: Any, *args: Any, **kwargs: Any) -> T:
-        return retried(f"The study's {method.__name__}", method, self, *args, **kwargs)
+        if getattr(_patience, "waiting", False):  # a public method calling a private one
+            return method(self, *args, **kwargs)
+        _patience.waiting = True
+        try:
+            return retried(f"The study's {method.__name__}", method, self, *args, **kwargs)
+        finally:
+            _patience.waiting = False
 
     return call
 
@@ -116,9 +126,11 @@ class PatientRDBStorage(optuna.storages.RDBStorage):
     operations reach it through Optuna's cache, which this subclass keeps."""
 
 
+# Besides the public methods, the private ones that Optuna's storage cache calls on it.
+CACHE_CALLS = ("_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials",
+               "_get_stale_trial_ids")  # fmt: skip
 for _name, _method in vars(optuna.storages.RDBStorage).items():
-    # _get_stale_trial_ids is how fail_stale_trials asks which trials are stale.
-    if callable(_method) and (not _name.startswith("_") or _name == "_get_stale_trial_ids"):
+    if callable(_method) and (not _name.startswith("_") or _name in CACHE_CALLS):
         setattr(PatientRDBStorage, _name, patient(_method))
 
 
