@@ -20,11 +20,15 @@ class SweepError(CompactHydraException):
 
 
 def root_cause(error: BaseException) -> BaseException:
-    """The innermost exception behind `error` (a library's wrapper hides the real reason:
-    Optuna's "invalid data in the commit" is a database that went away)."""
-    while (inner := error.__cause__ or error.__context__) is not None and inner is not error:
-        error = inner
-    return error
+    """The innermost exception behind `error` that says something (a library's wrapper hides
+    the real reason: Optuna's "invalid data in the commit" is a database that went away)."""
+    chain = [error]
+    while (inner := chain[-1].__cause__ or chain[-1].__context__) is not None:
+        if inner in chain:
+            break
+        chain.append(inner)
+    telling = [cause for cause in chain if str(cause).strip("() \n")]
+    return telling[-1] if telling else chain[-1]
 
 
 def describe(error: BaseException) -> str:
