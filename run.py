@@ -18,7 +18,7 @@ register_schema()
 plugin.register()
 
 # Our own console log handler, which Hydra instantiates from conf/config.yaml.
-TRUSTED_TARGETS = ["mnist_sweep.progress.ConsoleHandler"]
+TRUSTED_TARGETS = ["mnist_sweep.console.ConsoleHandler"]
 
 
 @hydra.main(config_path="conf", config_name="config", execution_whitelist=TRUSTED_TARGETS)

@@ -13,16 +13,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from mnist_sweep import checkpoints, device, tracking
+from mnist_sweep import checkpoints, device, objective, tracking
 from mnist_sweep.augment import make_augment
 from mnist_sweep.config import RunConfig, to_run_config
+from mnist_sweep.console import SHOWN_ON_BAR, bars_shown
 from mnist_sweep.data import DATASETS, Loaders, class_names, expected_digests, make_loaders
 from mnist_sweep.evaluate import report_and_log
 from mnist_sweep.evaluation import predict
 from mnist_sweep.explore import show5_png
 from mnist_sweep.masking import masked_tree
 from mnist_sweep.models import Network, build_model
-from mnist_sweep.progress import SHOWN_ON_BAR, bars_shown
 from mnist_sweep.sweep import pruning
 from mnist_sweep.sweep.job import SweepJob, job_tags
 from mnist_sweep.training import EpochMetrics, fit
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig, output_dir: Path, job: SweepJob | None = None) -> float:
-    """Train and test the configured model, log it as one MLflow run; returns val accuracy."""
+    """Train and test the configured model, log it as one MLflow run; returns the objective."""
     config = to_run_config(cfg)
     # What the run records (params, model.pt, config.yaml), URL passwords masked; it connects
     # with `config`.
@@ -70,7 +70,7 @@ def run(cfg: DictConfig, output_dir: Path, job: SweepJob | None = None) -> float
         log.info(" ".join(f"{key}={value:.4f}" for key, value in summary.items()))
         report_and_log(predictions, output_dir / "evaluation", records,
                        class_names(config.data.name))  # fmt: skip
-    return history[-1].val_accuracy
+    return objective.value(history[-1])
 
 
 def _log_dataset(config: RunConfig) -> mlflow.data.Dataset:

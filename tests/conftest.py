@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from mnist_sweep.config import DatasetName, register_schema
 from mnist_sweep.data import DATASETS, DataFiles, torchvision_dataset
+from mnist_sweep.sweep import plugin
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
@@ -33,6 +34,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """The composed config of `python run.py <overrides>`, without Hydra's own node."""
     register_schema()
+    plugin.register()
     with initialize_config_dir(config_dir=str(CONF_DIR)):
         return compose(config_name="config", overrides=overrides or [])
 

@@ -22,10 +22,10 @@ import mlflow
 from mlflow.entities import LoggedModel
 from mlflow.entities.model_registry import ModelVersion
 
-from mnist_sweep import tracking
 from mnist_sweep.config import Promote, SweepConfig
+from mnist_sweep.objective import METRIC
 from mnist_sweep.serving import CHECKPOINT_IN_MODEL
-from mnist_sweep.sweep.objective import METRIC
+from mnist_sweep.sweep import records
 
 log = logging.getLogger(__name__)
 # The version tags that say what a champion was chosen on; comparable versions agree on these.
@@ -73,8 +73,8 @@ def keep_best(
     if promote(client, version, config.alias, config.promote):
         aliases.append(config.alias)
     log.info(
-        "Kept trial %s (val_accuracy %.4f, test_accuracy %.4f) in %s; registered as %s v%s%s",
-        best.data.tags.get(tracking.TRIAL), best.data.metrics[METRIC],
+        "Kept trial %s (%s %.4f, test_accuracy %.4f) in %s; registered as %s v%s%s",
+        best.data.tags.get(records.TRIAL), METRIC, best.data.metrics[METRIC],
         best.data.metrics["test_accuracy"], folder, version.name, version.version,
         "".join(f" @{alias}" for alias in aliases),
     )  # fmt: skip
@@ -89,7 +89,7 @@ def copy_out(
     with tempfile.TemporaryDirectory() as download:
         shutil.copy(client.download_artifacts(best.info.run_id, "config.yaml", download), folder)
         shutil.copy(download_checkpoint(client, logged, download), folder / "model.pt")
-    summary = {"run_id": best.info.run_id, "trial": best.data.tags.get(tracking.TRIAL),
+    summary = {"run_id": best.info.run_id, "trial": best.data.tags.get(records.TRIAL),
                **best.data.metrics}  # fmt: skip
     (folder / "metrics.json").write_text(json.dumps(summary, indent=2))
 

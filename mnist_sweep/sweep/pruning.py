@@ -19,7 +19,8 @@ import optuna
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
-from mnist_sweep import tracking
+from mnist_sweep import objective, tracking
+from mnist_sweep.sweep import records
 from mnist_sweep.sweep.job import SweepJob
 from mnist_sweep.sweep.storage import make_storage
 from mnist_sweep.training import EpochMetrics
@@ -84,11 +85,11 @@ def reporting(on_epoch: OnEpoch, trial: optuna.Trial | None) -> OnEpoch:
                 f"trial {trial.number} is no longer running in the study (another worker "
                 "failed it, or its sweep process is gone); this job stops"
             )
-        trial.report(metrics.val_accuracy, metrics.epoch)
+        trial.report(objective.value(metrics), metrics.epoch)
         if trial.should_prune():
-            log.info("Trial %d pruned at epoch %d (val_accuracy %.4f)",
-                     trial.number, metrics.epoch, metrics.val_accuracy)  # fmt: skip
-            tracking.set_tags({tracking.PRUNED_AT_EPOCH: str(metrics.epoch)})
+            log.info("Trial %d pruned at epoch %d (%s %.4f)", trial.number, metrics.epoch,
+                     objective.METRIC, objective.value(metrics))  # fmt: skip
+            tracking.set_tags({records.PRUNED_AT_EPOCH: str(metrics.epoch)})
             raise optuna.TrialPruned(f"pruned at epoch {metrics.epoch}")
 
     return report

@@ -52,12 +52,13 @@ from hydra_plugins.hydra_optuna_sweeper._impl import (
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from mnist_sweep import objective
 from mnist_sweep.config import ConfigError, RunConfig, to_run_config
 from mnist_sweep.masking import masked
-from mnist_sweep.progress import TrialsBar
-from mnist_sweep.sweep import checks, confirm, fingerprint, liveness, objective, records
+from mnist_sweep.sweep import checks, confirm, fingerprint, liveness, records
 from mnist_sweep.sweep.errors import SweepError, one_line_errors
 from mnist_sweep.sweep.job import CONFIRM_PREFIX, CONFIRM_STUDY, GRID_PREFIX, sweep_id
+from mnist_sweep.sweep.progress import TrialsBar
 from mnist_sweep.sweep.storage import make_storage, storage_name
 
 log = logging.getLogger(__name__)
