@@ -35,3 +35,27 @@ class ConsoleHandler(logging.StreamHandler):
             tqdm.write(self.format(record), file=self.stream)
         except Exception:
             self.handleError(record)
+
+
+class EpochBar:
+    """A run's epochs: a bar on a terminal, and a line each to `log` (which the terminal leaves
+    to the log file while the bar shows it)."""
+
+    def __init__(self, epochs: int, log: logging.Logger) -> None:
+        self.epochs, self.log = epochs, log
+        # leave=None: the bar stays after a run, and goes after a trial, below its sweep's bar.
+        self.bar = tqdm(total=epochs, unit="epoch", leave=None) if bars_shown() else None
+
+    def __enter__(self) -> EpochBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def show(self, epoch: int, values: dict[str, float]) -> None:
+        summary = " ".join(f"{key}={value:.4f}" for key, value in values.items())
+        self.log.info("epoch %d/%d %s", epoch, self.epochs, summary, extra=SHOWN_ON_BAR)
+        if self.bar is not None:
+            self.bar.set_postfix_str(summary)
+            self.bar.update()

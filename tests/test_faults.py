@@ -12,7 +12,6 @@ import signal
 import subprocess
 import threading
 import time
-import types
 from pathlib import Path
 
 import mlflow
@@ -227,19 +226,16 @@ def test_a_heartbeat_goes_on_through_database_errors() -> None:
             if self.calls <= 3:
                 raise optuna.exceptions.StorageInternalError("the database is away")
 
-    class Study:
-        _storage = Flaky()
-
-    trial = types.SimpleNamespace(number=0, _trial_id=0)
+    storage = Flaky()
     stop = threading.Event()
-    thread = threading.Thread(target=liveness.beat, args=(Study(), trial, 0.01, stop))
+    thread = threading.Thread(target=liveness.beat, args=(storage, 0, 0, 0.01, stop))
     thread.start()
     deadline = time.monotonic() + 10
-    while Study._storage.calls < 6 and time.monotonic() < deadline:
+    while storage.calls < 6 and time.monotonic() < deadline:
         time.sleep(0.01)
     stop.set()
     thread.join()
-    assert Study._storage.calls >= 6  # Optuna's own thread would have ended at the first error
+    assert storage.calls >= 6  # Optuna's own thread would have ended at the first error
 
 
 def test_a_killed_joblib_sweep_leaves_mlflow_and_optuna_agreeing_after_the_rerun(

@@ -218,7 +218,8 @@ def test_comma_lists_run_a_plain_grid_apart_from_the_study(data_root: Path, tmp_
 
 
 def test_abandoned_trials_are_those_of_dead_or_missing_owners(monkeypatch) -> None:
-    study = optuna.create_study()
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage)
     trial = study.ask()
     frozen = lambda: study.get_trials(deepcopy=False)[0]  # noqa: E731
     assert not liveness.is_abandoned(frozen(), by_pid=True)  # just asked: being claimed
@@ -233,7 +234,7 @@ def test_abandoned_trials_are_those_of_dead_or_missing_owners(monkeypatch) -> No
     assert liveness.is_abandoned(frozen(), by_pid=True)
     assert not liveness.is_abandoned(frozen(), by_pid=False)  # heartbeats judge it instead
     failed = []
-    liveness.fail_abandoned_trials(study, lambda _, trial: failed.append(trial.number))
+    liveness.Liveness(storage, lambda _, trial: failed.append(trial.number)).fail_abandoned(study)
     assert failed == [0]
     assert study.trials[0].state is TrialState.FAIL
 
