@@ -96,10 +96,7 @@ def private_uses() -> list[PrivateUse]:
     paths = [*sorted(PACKAGE.rglob("*.py")), ROOT / "run.py"]
     trees = {path: ast.parse(path.read_text()) for path in paths}
     ours = {
-        name
-        for tree in trees.values()
-        for node in ast.walk(tree)
-        for name in defined_names(node)
+        name for tree in trees.values() for node in ast.walk(tree) for name in defined_names(node)
     }
     uses = []
     for path, tree in trees.items():
@@ -126,8 +123,8 @@ def private_reference(node: ast.AST, ours: set[str]) -> str:
         if any(map(is_private, node.module.split("."))) or any(map(is_private, names)):
             return f"from {node.module} import {', '.join(names)}"
     if isinstance(node, ast.Import):
-        private = [alias.name for alias in node.names if any(map(is_private, alias.name.split(".")))]
-        return ", ".join(private)
+        names = [alias.name for alias in node.names]
+        return ", ".join(name for name in names if any(map(is_private, name.split("."))))
     if isinstance(node, ast.Attribute) and is_private(node.attr) and node.attr not in ours:
         return ast.unparse(node)
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
@@ -145,9 +142,7 @@ def explained(use: PrivateUse, lines: list[str]) -> bool:
 
 def test_every_private_api_use_says_why() -> None:
     unexplained = [
-        str(use)
-        for use in private_uses()
-        if not explained(use, use.path.read_text().splitlines())
+        str(use) for use in private_uses() if not explained(use, use.path.read_text().splitlines())
     ]
     assert unexplained == []
 
