@@ -200,8 +200,8 @@ def test_mlflow_mirrors_the_study_and_only_complete_trials_are_kept_from(tmp_pat
         trial = study_.ask()
         if state is not TrialState.RUNNING:
             study_.tell(trial, 0.9 if state is TrialState.COMPLETE else None, state=state)
-        run = client.create_run(experiment, tags={tracking.SWEEP_ID: "s", tracking.ROLE: "trial",
-                                                  tracking.TRIAL_NUMBER: str(number)})  # fmt: skip
+        run = client.create_run(experiment, tags={records.SWEEP_ID: "s", tracking.ROLE: "trial",
+                                                  records.TRIAL_NUMBER: str(number)})  # fmt: skip
         client.log_metric(run.info.run_id, "val_accuracy", 0.9 + number / 100)
         if status != "RUNNING":
             client.set_terminated(run.info.run_id, status)

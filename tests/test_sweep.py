@@ -126,7 +126,7 @@ def test_workers_that_race_to_create_the_sweep_parent_all_keep_the_same_one(
 ) -> None:
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.create_experiment("race")
-    tags = {tracking.SWEEP_ID: "race/study", tracking.ROLE: "sweep"}
+    tags = {records.SWEEP_ID: "race/study", tracking.ROLE: "sweep"}
     # Both workers created a parent before either looked again; each then keeps one.
     first, second = (client.create_run(experiment, tags=tags, start_time=start)
                      for start in ((1, 2) if older == "first" else (2, 1)))  # fmt: skip
@@ -145,7 +145,7 @@ def test_a_parent_kept_before_an_older_one_appeared_gives_way_and_its_trials_mov
     worker, whose clock put its parent first, sees both and must delete that one."""
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.create_experiment("race")
-    tags = {tracking.SWEEP_ID: "race/study", tracking.ROLE: "sweep"}
+    tags = {records.SWEEP_ID: "race/study", tracking.ROLE: "sweep"}
     newer = client.create_run(experiment, tags=tags, start_time=2)
     assert records.keep_one_parent(client, experiment, "race/study").info.run_id == (
         newer.info.run_id

@@ -93,8 +93,3 @@ def current(hydra_cfg: Any) -> SweepJob | None:
     folder = Path(hydra_cfg.runtime.output_dir).resolve()
     trial = folder.relative_to(Path(hydra_cfg.sweep.dir).resolve()).as_posix()
     return SweepJob(Told(**json.loads(told)), trial, hydra_cfg.job.num, hydra_cfg.sweeper)
-
-
-def sweep_id(hydra_cfg: Any) -> str:
-    """The study name when the sweeper has one, else the sweep folder."""
-    return hydra_cfg.sweeper.get("study_name") or str(Path(hydra_cfg.sweep.dir).resolve())

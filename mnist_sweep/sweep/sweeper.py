@@ -80,7 +80,7 @@ from mnist_sweep.config import ConfigError, RunConfig, to_run_config
 from mnist_sweep.masking import masked
 from mnist_sweep.sweep import checks, confirm, fingerprint, liveness, records
 from mnist_sweep.sweep.errors import SweepError, one_line_errors
-from mnist_sweep.sweep.job import CONFIRM_PREFIX, CONFIRM_STUDY, GRID_PREFIX, Pruned, Told, sweep_id
+from mnist_sweep.sweep.job import CONFIRM_PREFIX, CONFIRM_STUDY, GRID_PREFIX, Pruned, Told
 from mnist_sweep.sweep.progress import TrialsBar
 from mnist_sweep.sweep.storage import make_storage, storage_name
 
@@ -313,6 +313,8 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                         in_flight.add(trial := ask(study))
                     # The plugin's private step from a trial's params to a job's overrides.
                     overrides = [*self._configure_trials([trial], *space)[0], told.override()]
+                    log.info("Trial %d: %s", trial.number,
+                             " ".join(f"{k}={v}" for k, v in trial.params.items()))  # fmt: skip
                     self._start(study, trial, overrides, finished, threaded=slots > 1)
                 if not in_flight:
                     if not running(study):
@@ -403,6 +405,11 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         folder = Path(self.config.hydra.sweep.dir) / name / "best"
         keep_best(self.client, trials, run_config.sweep, folder, grid_id)
         self.client.set_terminated(parent.info.run_id, "FINISHED")
+
+
+def sweep_id(hydra_cfg: Any) -> str:
+    """The study name when the sweeper has one, else the sweep folder."""
+    return hydra_cfg.sweeper.get("study_name") or str(Path(hydra_cfg.sweep.dir).resolve())
 
 
 def tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn | BaseException) -> TrialState:
