@@ -45,7 +45,7 @@ def test_a_run_sets_mlflows_store_without_exporting_it_to_child_processes(
         tracking.use_store(config.tracking_uri)
         assert os.environ[ENV] == "http://env:5000"  # what the user set stays
     finally:
-        mlflow.set_tracking_uri(previous)
+        tracking.use_store(previous)
 
 
 def test_the_experiment_is_marked_as_one_of_training_runs_new_or_old(tmp_path: Path) -> None:
@@ -87,7 +87,7 @@ def test_a_runs_name_is_the_configs_else_the_trials_else_what_it_trains(
         with tracking.tracked_run(config, {}, tags, "mlp adam lr=0.001 bs=128") as run:
             run_id = run.info.run_id
     finally:
-        mlflow.set_tracking_uri(previous)
+        tracking.use_store(previous)
     assert mlflow.MlflowClient(config.tracking_uri).get_run(run_id).info.run_name == expected
 
 
