@@ -142,13 +142,13 @@ def open_checkpoint(path: Path) -> tuple[Classifier, str]:
     return classifier_from(checkpoint), describe(checkpoint, str(path))
 
 
-def newest_kept(folder: Path, store: str) -> Path:
-    """The most recently written multirun/*/best/model.pt under `folder` (`store`, which holds
-    no champion, is named if there is none)."""
+def newest_kept(folder: Path, looked_in: str) -> Path:
+    """The most recently written multirun/*/best/model.pt under `folder`; if there is none, the
+    error names the store `looked_in` for a champion too."""
     kept = sorted(folder.glob(KEPT), key=lambda path: path.stat().st_mtime)
     if not kept:
         raise FileNotFoundError(
-            f"no kept model: no {CHAMPION} in {store} and nothing matches "
+            f"no kept model: no {CHAMPION} in {looked_in} and nothing matches "
             f"{folder / KEPT}; run a sweep here (python run.py -m) or pass --model"
         )
     return kept[-1]
