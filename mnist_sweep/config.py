@@ -229,11 +229,18 @@ class TrainerConfig:
 
 @dataclass
 class MlflowConfig:
+    # Where runs go: the rule of mnist_sweep/tracking.py, spelled out in conf/mlflow/local.yaml.
     tracking_uri: str = MISSING
     experiment_name: str = MISSING
+    # null: a single run is named for what it trains (tracking.run_name), a trial for its folder.
     run_name: str | None = MISSING
 
     def check(self) -> None:
+        _require(
+            bool(self.tracking_uri.strip()),
+            "mlflow.tracking_uri",
+            "must not be empty (is MLFLOW_TRACKING_URI set to nothing?)",
+        )
         _require(bool(self.experiment_name.strip()), "mlflow.experiment_name", "must not be empty")
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from mnist_sweep.config import DataConfig, DatasetName, Loader
+from mnist_sweep.config import ConfigError, DataConfig, DatasetName, Loader
 
 if TYPE_CHECKING:
     from torchvision import datasets, transforms
@@ -146,6 +146,25 @@ def ensure_raw_files(
             )
         _write_atomically(target, _read_source(source, name, digests[name]))
     return raw_dir
+
+
+def check_available(config: DataConfig) -> None:
+    """ConfigError naming how to get the dataset unless each raw file is extracted under
+    data.root or its original is in the source folder (or data.download lets torchvision fetch
+    it): one line before a run records anything, instead of a failed run and two tracebacks.
+    Only looks for the files; ensure_raw_files verifies them when the run reads them."""
+    spec = DATASETS[config.name]
+    raw_dir = (Path(config.root) if config.root else default_data_root()) / spec.folder / "raw"
+    source = Path(str(config.source_dir or spec.source))
+    found = [(raw_dir / name).exists() or (source / f"{name}.gz").exists() for name in RAW_FILES]
+    if config.download or all(found):
+        return
+    missing = RAW_FILES[found.index(False)]
+    key = f"data.source_dir={config.source_dir}" if config.source_dir else f"data={config.name}"
+    raise ConfigError(
+        f"{key}: {source / missing}.gz does not exist ({spec.how_to_get}; or "
+        "data.download=true to let torchvision fetch it)"
+    )
 
 
 @dataclass(frozen=True)

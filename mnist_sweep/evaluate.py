@@ -5,7 +5,9 @@
     python -m mnist_sweep.evaluate results/cnn_strong/seed*/model.pt --tta
 
 Writes the report next to the (first) checkpoint, evaluation/ by default, and logs it to MLflow
-as an evaluation run tagged with the runs that trained the models. Several checkpoints are
+as an evaluation run tagged with the runs that trained the models: in the store --tracking-uri
+names, else the one the (first) checkpoint's training run recorded (the rule of every command,
+mnist_sweep/tracking.py). Several checkpoints are
 evaluated as one ensemble that averages their probabilities; --tta averages each image's
 prediction over 1-pixel shifts.
 """
@@ -107,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         trained = read_checkpoint(args.checkpoints[0])["config"]
+        recorded = None if args.tracking_uri else _recorded_store(trained, args.checkpoints[0])
         mlflow_config = MlflowConfig(
-            tracking_uri=args.tracking_uri or _recorded_store(trained, args.checkpoints[0]),
+            tracking_uri=tracking.store(args.tracking_uri, recorded),
             experiment_name=args.experiment or trained["mlflow"]["experiment_name"],
             run_name=evaluation_name(args.checkpoints, args.tta),
         )
@@ -139,11 +142,15 @@ def evaluation_name(paths: Sequence[Path], tta: bool) -> str:
 
 def _recorded_store(config: dict, path: Path) -> str:
     """The tracking URI the checkpoint's run used; CheckpointError if its password was masked
-    when recorded (experiment.run), which no store would accept."""
+    when recorded (experiment.run), which no store would accept, or if it is a SQLite file
+    that is not here (a checkpoint from another machine), which would be created."""
     uri = config["mlflow"]["tracking_uri"]
     if urlsplit(uri).password == MASK:
         raise CheckpointError(f"{path} records its store as {uri}, password masked: pass "
                               "--tracking-uri")  # fmt: skip
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise CheckpointError(f"{path} records its store as {uri}, which does not exist here: "
+                              "pass --tracking-uri")  # fmt: skip
     return uri
 
 

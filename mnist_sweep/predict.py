@@ -1,16 +1,18 @@
 """Which digit is in each picture: handwriting in image files, through the kept model.
 
-    python -m mnist_sweep.predict [--model M] [--json] [--preview OUT.png] PATH...
+    python -m mnist_sweep.predict [--model M] [--tracking-uri URI] [--json] [--preview OUT.png]
+        PATH...
 
 PATH is an image file or a folder of them. Each picture is brought to MNIST's form
 (images.to_mnist) before the model sees it. --model takes a checkpoint (model.pt), a folder
-holding one, or an MLflow model URI (models:/mnist_sweep_mlp@champion, in the store that
-MLFLOW_TRACKING_URI names, ./mlflow.db by default). By default it is the champion
-models:/mnist_sweep_mlp@champion of ./mlflow.db (the store of a sweep run in this folder) if
-there is one, else the newest multirun/*/best/model.pt under the current folder: what the last
-sweep run here kept. The first line on stderr names the model taken (path or URI, registry
-version, store, recorded test accuracy). A logged model is loaded from its model.pt alone, once
-its MLmodel is one mnist_sweep logged: no code from the store runs (serving.check_mlmodel).
+holding one, or an MLflow model URI (models:/mnist_sweep_mlp@champion). By default it is the
+champion models:/mnist_sweep_mlp@champion if the store holds one, else the newest
+multirun/*/best/model.pt under the current folder: what the last sweep run here kept. The store
+is found by the rule of every command (mnist_sweep/tracking.py): --tracking-uri, else
+MLFLOW_TRACKING_URI, else ./mlflow.db (the store of a sweep run in this folder). The first line
+on stderr names the model taken (path or URI, registry version, store, recorded test accuracy).
+A logged model is loaded from its model.pt alone, once its MLmodel is one mnist_sweep logged:
+no code from the store runs (serving.check_mlmodel).
 """
 
 from __future__ import annotations
@@ -28,15 +30,15 @@ import numpy as np
 from PIL import Image
 
 from mnist_sweep.images import ImageError, read_digit
+from mnist_sweep.masking import masked
 
 if TYPE_CHECKING:
     from mnist_sweep.models import Classifier
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # (N, 1, 28, 28) in [0, 1] -> (N, 10)
 KEPT = "multirun/*/best/model.pt"
-# The store and the champion that a default sweep started here records (conf/mlflow/local.yaml,
-# conf/sweep/mlp.yaml); tests/test_predict.py checks that they agree.
-DEFAULT_STORE = "sqlite:///mlflow.db"
+# The champion that a default sweep records (conf/sweep/mlp.yaml); tests/test_predict.py checks
+# that they agree.
 REGISTERED_MODEL, ALIAS = "mnist_sweep_mlp", "champion"
 CHAMPION = f"models:/{REGISTERED_MODEL}@{ALIAS}"
 BATCH = 1000
@@ -66,47 +68,59 @@ def load_predictor(model: str | None) -> Predictor:
     return predictor_of(open_model(model)[0])
 
 
-def open_model(model: str | None) -> tuple[Classifier, str]:
-    """The classifier that `--model` names, or the default one, and a line saying which it is."""
+def open_model(model: str | None, tracking_uri: str | None = None) -> tuple[Classifier, str]:
+    """The classifier that `--model` names, or the default one, and a line saying which it is;
+    `tracking_uri` is `--tracking-uri`, the store of a models:/ URI or of the champion."""
     if model is None:
-        return open_default()
+        return open_default(store(tracking_uri))
     if ":/" in model and not Path(model).exists():
-        return open_logged(model, tracking_uri=None)
+        return open_logged(model, store(tracking_uri))
     path = Path(model)
     return open_checkpoint(path / "model.pt" if path.is_dir() else path)
 
 
-def open_default() -> tuple[Classifier, str]:
-    """The champion of the default store if there is one, else the newest kept model here."""
-    if has_champion(DEFAULT_STORE):
-        classifier, line = open_logged(CHAMPION, DEFAULT_STORE)
+def store(explicit: str | None) -> str:
+    """The MLflow store by the rule of every command (tracking.store); MLflow loads only once
+    a store is needed."""
+    from mnist_sweep import tracking
+
+    return tracking.store(explicit)
+
+
+def open_default(tracking_uri: str) -> tuple[Classifier, str]:
+    """The champion of the store if there is one, else the newest kept model here."""
+    if has_champion(tracking_uri):
+        classifier, line = open_logged(CHAMPION, tracking_uri)
         return classifier, f"{line} (the default)"
-    classifier, line = open_checkpoint(newest_kept(Path.cwd()))
-    return classifier, f"{line} (the default: the newest kept, no {CHAMPION} in {DEFAULT_STORE})"
+    where = masked(tracking_uri)
+    classifier, line = open_checkpoint(newest_kept(Path.cwd(), where))
+    return classifier, f"{line} (the default: the newest kept, no {CHAMPION} in {where})"
 
 
 def has_champion(tracking_uri: str) -> bool:
-    """Whether the SQLite store `tracking_uri` exists (it is never created) and holds CHAMPION."""
+    """Whether the store `tracking_uri` holds CHAMPION; a SQLite store that does not exist is
+    never created."""
     import mlflow
 
-    if not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+    sqlite = tracking_uri.startswith("sqlite:///")
+    if sqlite and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
         return False
     query = f"name = '{REGISTERED_MODEL}'"
     try:
         models = mlflow.MlflowClient(tracking_uri).search_registered_models(query)
     except mlflow.exceptions.MlflowException as error:
-        raise ValueError(f"{tracking_uri}: {error.message}") from error
+        raise ValueError(f"{masked(tracking_uri)}: {error.message}") from error
     return any(ALIAS in model.aliases for model in models)
 
 
-def open_logged(uri: str, tracking_uri: str | None) -> tuple[Classifier, str]:
-    """A logged MLflow Model by URI: its MLmodel checked, its model.pt loaded (weights_only);
-    no code of the model's own runs (serving.download_checkpoint)."""
+def open_logged(uri: str, tracking_uri: str) -> tuple[Classifier, str]:
+    """A logged MLflow Model by URI in the store `tracking_uri`: its MLmodel checked, its
+    model.pt loaded (weights_only); no code of the model's own runs
+    (serving.download_checkpoint)."""
     import mlflow
 
     import mnist_sweep.tracking  # noqa: F401  its MLflow defaults: no download progress bars
     from mnist_sweep.checkpoints import classifier_from, describe, read_checkpoint
-    from mnist_sweep.masking import masked
     from mnist_sweep.serving import download_checkpoint
 
     with tempfile.TemporaryDirectory() as folder:
@@ -116,7 +130,7 @@ def open_logged(uri: str, tracking_uri: str | None) -> tuple[Classifier, str]:
         except (mlflow.exceptions.MlflowException, ValueError) as error:
             raise ValueError(f"{uri}: {error}") from error
     numbered = f"{uri} (version {version})" if version else uri
-    where = f"{numbered} in {masked(tracking_uri or mlflow.get_tracking_uri())}"
+    where = f"{numbered} in {masked(tracking_uri)}"
     return classifier_from(checkpoint), describe(checkpoint, where)
 
 
@@ -128,12 +142,13 @@ def open_checkpoint(path: Path) -> tuple[Classifier, str]:
     return classifier_from(checkpoint), describe(checkpoint, str(path))
 
 
-def newest_kept(folder: Path) -> Path:
-    """The most recently written multirun/*/best/model.pt under `folder`."""
+def newest_kept(folder: Path, looked_in: str) -> Path:
+    """The most recently written multirun/*/best/model.pt under `folder`; if there is none, the
+    error names the store `looked_in` for a champion too."""
     kept = sorted(folder.glob(KEPT), key=lambda path: path.stat().st_mtime)
     if not kept:
         raise FileNotFoundError(
-            f"no kept model: no {CHAMPION} in {DEFAULT_STORE} and nothing matches "
+            f"no kept model: no {CHAMPION} in {looked_in} and nothing matches "
             f"{folder / KEPT}; run a sweep here (python run.py -m) or pass --model"
         )
     return kept[-1]
@@ -226,9 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model",
         help=f"model.pt, a folder holding one, or an MLflow model URI such as "
-        f"models:/mnist_sweep_mlp@champion (default: {CHAMPION} in {DEFAULT_STORE} if there is "
-        f"one, else the newest {KEPT} here)",
+        f"models:/mnist_sweep_mlp@champion (default: {CHAMPION} if the store holds it, else "
+        f"the newest {KEPT} here)",
     )
+    parser.add_argument(
+        "--tracking-uri", metavar="URI",
+        help="MLflow store of a models:/ URI and of the champion (default: $MLFLOW_TRACKING_URI, "
+        "else ./mlflow.db)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument(
         "--preview", type=Path, metavar="OUT.png",
@@ -236,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        classifier, which = open_model(args.model)
+        classifier, which = open_model(args.model, args.tracking_uri)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ import yaml
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
+from mnist_sweep import tracking
 from mnist_sweep.checkpoints import load_model
 from mnist_sweep.models import IMAGE_SIDE, NUM_CLASSES
 
@@ -104,9 +105,11 @@ def log_pyfunc(checkpoint: Path, name: str = "model") -> mlflow.models.model.Mod
 def download_checkpoint(
     model_uri: str, folder: Path, tracking_uri: str | None = None
 ) -> tuple[Path, str | None]:
-    """model.pt of the logged model `model_uri`, downloaded to `folder` once its MLmodel passes
-    check_mlmodel (nothing else of the model is fetched), and its registry version (None for a
-    URI that names no version)."""
+    """model.pt of the logged model `model_uri` in the store `tracking_uri` (None: by
+    tracking.store's rule), downloaded to `folder` once its MLmodel passes check_mlmodel
+    (nothing else of the model is fetched), and its registry version (None for a URI that
+    names no version)."""
+    tracking_uri = tracking.store(tracking_uri)
     location, version = located(model_uri, tracking_uri)
 
     def fetch(name: str) -> Path:
@@ -138,7 +141,7 @@ def check_mlmodel(path: Path) -> None:
         )
 
 
-def located(model_uri: str, tracking_uri: str | None) -> tuple[str, str | None]:
+def located(model_uri: str, tracking_uri: str) -> tuple[str, str | None]:
     """Where the files of `model_uri` are, a registry alias resolved to the version it names now
     (so that the version downloaded is the one reported), and that version."""
     from mlflow.store.artifact.utils.models import get_model_name_and_version

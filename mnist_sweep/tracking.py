@@ -1,4 +1,19 @@
-"""MLflow: where runs go, how they are named, and what each one records."""
+"""MLflow: where runs go, how they are named, and what each one records.
+
+Where the store is: one rule (`store`) for every command.
+
+1. The command's own setting wins: `mlflow.tracking_uri=...` for `python run.py` (and every
+   trial of a sweep), `--tracking-uri` for `python -m mnist_sweep.predict` and
+   `python -m mnist_sweep.evaluate`. evaluate counts the store its checkpoint's training run
+   recorded as its own setting, so that the evaluation run lands beside the run it names.
+2. Else `MLFLOW_TRACKING_URI` from the environment: MLflow's own convention.
+3. Else `sqlite:///mlflow.db`, in the folder the command was started in (run.py writes it
+   out absolute, `sqlite:///<launch dir>/mlflow.db`, conf/mlflow/local.yaml, so that a
+   checkpoint's record of it holds from any folder).
+
+MLflow's global store (what `mlflow.start_run` and `models:/` URIs use) is set in one place,
+`use_store`, when a run starts (`tracked_run`) or a sweep connects (`client_for`).
+"""
 
 from __future__ import annotations
 
@@ -14,8 +29,9 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import mlflow
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
-from mnist_sweep.config import MlflowConfig
+from mnist_sweep.config import DatasetName, MlflowConfig, RunConfig
 
 T = TypeVar("T")
 
@@ -62,30 +78,83 @@ def initialize_store(tracking_uri: str) -> None:
         mlflow.MlflowClient(tracking_uri).search_experiments(max_results=1)
 
 
+STORE_ENVIRONMENT = "MLFLOW_TRACKING_URI"
+DEFAULT_STORE = "sqlite:///mlflow.db"
+
+
+def store(explicit: str | None = None, recorded: str | None = None) -> str:
+    """Where the MLflow store is (the module's rule): `explicit`, else the store a checkpoint
+    `recorded`, else MLFLOW_TRACKING_URI, else ./mlflow.db."""
+    return explicit or recorded or os.environ.get(STORE_ENVIRONMENT) or DEFAULT_STORE
+
+
+def use_store(tracking_uri: str) -> None:
+    """Make `tracking_uri` MLflow's global store in this process (mlflow.start_run, models:/
+    URIs). mlflow.set_tracking_uri also exports it as MLFLOW_TRACKING_URI; that is undone, so
+    that `store` and child processes still see only what the user set."""
+    exported = os.environ.get(STORE_ENVIRONMENT)
+    mlflow.set_tracking_uri(tracking_uri)
+    if exported is None:
+        os.environ.pop(STORE_ENVIRONMENT, None)
+    else:
+        os.environ[STORE_ENVIRONMENT] = exported
+
+
+# MLflow's UI tells training experiments from GenAI ones by this tag (MLflow 3.17 reads it only
+# with its workflow switch off: there the sidebar's "Machine learning" switch, or
+# ?workflowType=machine_learning in the URL, shows the runs).
+EXPERIMENT_KIND, TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
 def experiment_id(config: MlflowConfig) -> str:
-    """Point MLflow at `config.tracking_uri` and return the experiment's id, creating it once."""
+    """The id of `config.experiment_name` in `config.tracking_uri`, created once and marked as an
+    experiment of training runs."""
     initialize_store(config.tracking_uri)
-    mlflow.set_tracking_uri(config.tracking_uri)
-    experiment = mlflow.get_experiment_by_name(config.experiment_name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return mlflow.create_experiment(
-            config.experiment_name, artifact_location=artifact_location(config.tracking_uri)
+    client = mlflow.MlflowClient(config.tracking_uri)
+    experiment = client.get_experiment_by_name(config.experiment_name)
+    if experiment is None:
+        try:
+            return client.create_experiment(
+                config.experiment_name,
+                artifact_location=artifact_location(config.tracking_uri),
+                tags={EXPERIMENT_KIND: TRAINING},
+            )
+        except mlflow.exceptions.MlflowException:
+            # Another process of the same sweep created it first.
+            experiment = client.get_experiment_by_name(config.experiment_name)
+    if EXPERIMENT_KIND not in experiment.tags:  # made before the tag was
+        once_more_if_raced(
+            client.set_experiment_tag, experiment.experiment_id, EXPERIMENT_KIND, TRAINING
         )
-    except mlflow.exceptions.MlflowException:
-        # Another process of the same sweep created it first.
-        return mlflow.get_experiment_by_name(config.experiment_name).experiment_id
+    return experiment.experiment_id
+
+
+def run_name(config: RunConfig) -> str:
+    """What a single run is, as its MLflow name: `mlp adam lr=0.001 bs=128` (the dataset first
+    when it is not MNIST)."""
+    dataset = "" if config.data.name is DatasetName.mnist else f"{config.data.name.value} "
+    return (
+        f"{dataset}{config.model.arch.value} {config.optimizer.name.value} "
+        f"lr={config.optimizer.lr:.3g} bs={config.data.batch_size}"
+    )
 
 
 @contextlib.contextmanager
 def tracked_run(
-    config: MlflowConfig, params: Mapping[str, Any], tags: Mapping[str, str] | None = None
+    config: MlflowConfig,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str] | None = None,
+    name: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run with `params` logged; it ends FAILED if the body raises."""
-    with mlflow.start_run(
-        experiment_id=experiment_id(config), run_name=config.run_name, tags=dict(tags or {})
-    ) as run:
+    """An MLflow run in `config`'s store with `params` logged; it ends FAILED if the body
+    raises. Its name: `config.run_name`, else a name in `tags` (a trial's), else `name`, else
+    MLflow's random one."""
+    tags = dict(tags or {})
+    if config.run_name is not None or MLFLOW_RUN_NAME in tags:
+        name = config.run_name  # MLflow refuses a name given both ways
+    experiment = experiment_id(config)
+    use_store(config.tracking_uri)
+    with mlflow.start_run(experiment_id=experiment, run_name=name, tags=tags) as run:
         mlflow.log_params(dict(params))
         yield run
 
@@ -164,6 +233,8 @@ ROLE = "mnist_sweep.role"
 
 
 def client_for(config: MlflowConfig) -> tuple[mlflow.MlflowClient, str]:
-    """A client of `config.tracking_uri` and the id of `config.experiment_name`."""
+    """A client of `config.tracking_uri` and the id of `config.experiment_name`; the store
+    becomes MLflow's global one too (a registered version's models:/ source resolves there)."""
     experiment = experiment_id(config)
+    use_store(config.tracking_uri)
     return mlflow.MlflowClient(config.tracking_uri), experiment

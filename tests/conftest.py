@@ -25,6 +25,14 @@ needs_fashion_mnist = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True)
+def no_inherited_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts without MLFLOW_TRACKING_URI: run.py, predict, evaluate and their
+    subprocesses read it (mnist_sweep/tracking.py), and mlflow.set_tracking_uri in an earlier
+    test exports it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One extracted copy of MNIST for the whole session."""

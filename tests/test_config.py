@@ -148,3 +148,9 @@ def test_misspelled_key_is_an_error() -> None:
 def test_unknown_optimizer_option_is_an_error() -> None:
     with pytest.raises(MissingConfigException, match="rmsprop"):
         compose_config(["optimizer=rmsprop", *VALID])
+
+
+def test_an_empty_tracking_uri_is_an_error_naming_the_key() -> None:
+    # What MLFLOW_TRACKING_URI set to nothing gives conf/mlflow/local.yaml.
+    with pytest.raises(ConfigError, match=r"mlflow\.tracking_uri: must not be empty"):
+        to_run_config(compose_config(["mlflow.tracking_uri=''"]))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import shutil
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from mnist_sweep import data
-from mnist_sweep.config import DatasetName, to_run_config
+from mnist_sweep.config import ConfigError, DatasetName, to_run_config
 from mnist_sweep.data import (
     DATASETS,
     RAW_FILES,
@@ -193,3 +194,30 @@ def test_missing_fashion_mnist_files_say_how_to_get_them(tmp_path: Path) -> None
     with pytest.raises(DataMissingError, match="apt-get install dataset-fashion-mnist") as error:
         ensure_raw_files(tmp_path, tmp_path / "nowhere", DatasetName.fashion_mnist)
     assert str(tmp_path / "nowhere" / "train-images-idx3-ubyte.gz") in str(error.value)
+
+
+def test_a_missing_optional_dataset_is_a_config_error_naming_its_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = DATASETS[DatasetName.fashion_mnist]
+    monkeypatch.setitem(DATASETS, DatasetName.fashion_mnist,
+                        dataclasses.replace(spec, source=tmp_path / "absent"))  # fmt: skip
+    config = to_run_config(compose_config(["data=fashion_mnist", f"data.root={tmp_path}/root",
+                                           "mlflow.tracking_uri=sqlite:///x.db"])).data  # fmt: skip
+    with pytest.raises(ConfigError) as error:
+        data.check_available(config)
+    assert str(error.value).startswith(
+        f"data=fashion_mnist: {tmp_path}/absent/train-images-idx3-ubyte.gz does not exist "
+        "(apt-get install dataset-fashion-mnist, "
+    )
+    config.download = True  # torchvision may fetch it
+    data.check_available(config)
+
+
+def test_extracted_files_need_no_source(tmp_path: Path) -> None:
+    config = to_run_config(compose_config([f"data.root={tmp_path}", "data.source_dir=/nonexistent",
+                                           "mlflow.tracking_uri=sqlite:///x.db"])).data  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^data\.source_dir=/nonexistent: "):
+        data.check_available(config)
+    ensure_raw_files(tmp_path)  # from the packaged copy
+    data.check_available(config)

@@ -5,20 +5,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
 import mnist_sweep
 from mnist_sweep.checkpoints import read_checkpoint
 from mnist_sweep.images import CENTRE, ImageError, handed_over, to_mnist
-from mnist_sweep.predict import ALIAS, CHAMPION, DEFAULT_STORE, REGISTERED_MODEL, main
+from mnist_sweep.predict import ALIAS, CHAMPION, REGISTERED_MODEL, main
 from mnist_sweep.serving import log_pyfunc
+from mnist_sweep.tracking import DEFAULT_STORE, STORE_ENVIRONMENT, use_store
 
 from conftest import compose_config
 
@@ -130,6 +132,7 @@ def test_the_default_model_is_the_champion_of_the_store_here_else_the_newest_kep
     trained_run: Path, tmp_path, monkeypatch, capsys
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(STORE_ENVIRONMENT, raising=False)  # mlflow.set_tracking_uri exports it
     Image.fromarray(np.kron(np.eye(4, dtype=np.uint8) * 255, np.ones((5, 5), np.uint8))).save(
         "one.png"
     )
@@ -165,7 +168,7 @@ def register_twice(checkpoint: Path) -> str:
     """Log `checkpoint` twice into the default store here and register both; the second's
     version."""
     previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(DEFAULT_STORE)
+    use_store(DEFAULT_STORE)  # unlike mlflow.set_tracking_uri, exports nothing to predict
     try:
         experiment = mlflow.create_experiment("champions")
         for _ in range(2):
@@ -173,22 +176,44 @@ def register_twice(checkpoint: Path) -> str:
                 model = log_pyfunc(checkpoint)
             version = mlflow.register_model(model.model_uri, REGISTERED_MODEL).version
     finally:
-        mlflow.set_tracking_uri(previous)
+        use_store(previous)
     return version
 
 
-def test_the_default_champion_is_the_one_a_default_sweep_here_records() -> None:
+def test_the_default_champion_is_the_one_a_default_sweep_here_records(tmp_path: Path) -> None:
     cfg = compose_config()
-    store = OmegaConf.to_container(cfg.mlflow)["tracking_uri"]  # unresolved: Hydra's own key
-    assert store.replace("${hydra:runtime.cwd}/", "") == DEFAULT_STORE
+    # The store of `python run.py` started in tmp_path, as Hydra resolves it.
+    run_py = Path(mnist_sweep.__file__).parents[1] / "run.py"
+    environment = {k: v for k, v in os.environ.items() if k != STORE_ENVIRONMENT}
+    store = subprocess.run(
+        [sys.executable, str(run_py), "--cfg", "job", "--resolve", "-p", "mlflow.tracking_uri"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env=environment, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert store == DEFAULT_STORE.replace("sqlite:///", f"sqlite:///{tmp_path}/")
     assert (cfg.sweep.registered_model, cfg.sweep.alias) == (REGISTERED_MODEL, ALIAS)
 
 
+def test_the_store_is_the_flags_else_the_environments_else_the_one_here(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no store, nothing kept: the error names the store looked in
+    Image.new("L", (28, 28)).save("blank.png")
+    monkeypatch.delenv(STORE_ENVIRONMENT, raising=False)
+    assert main(["blank.png"]) == 2
+    assert f"no {CHAMPION} in {DEFAULT_STORE} " in capsys.readouterr().err
+    monkeypatch.setenv(STORE_ENVIRONMENT, f"sqlite:///{tmp_path}/env.db")
+    assert main(["blank.png"]) == 2
+    assert f"no {CHAMPION} in sqlite:///{tmp_path}/env.db " in capsys.readouterr().err
+    assert main(["--tracking-uri", f"sqlite:///{tmp_path}/flag.db", "blank.png"]) == 2
+    assert f"no {CHAMPION} in sqlite:///{tmp_path}/flag.db " in capsys.readouterr().err
+    assert list(tmp_path.glob("*.db")) == []  # looked for, never created
+
+
 def test_an_mlflow_model_uri_predicts_like_the_checkpoint(
-    trained_run: Path, test_digits, tmp_path, capsys
+    trained_run: Path, test_digits, tmp_path, capsys, monkeypatch
 ) -> None:
     uri = f"sqlite:///{trained_run}/mlflow.db"
-    mlflow.set_tracking_uri(uri)  # in a shell: MLFLOW_TRACKING_URI
+    monkeypatch.setenv(STORE_ENVIRONMENT, uri)
     [logged] = mlflow.MlflowClient(uri).search_logged_models(
         [mlflow.MlflowClient(uri).get_experiment_by_name("mnist_sweep").experiment_id]
     )

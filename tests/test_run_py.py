@@ -28,7 +28,9 @@ finally:
 
 
 def run_py(tmp_path: Path, *overrides: str, **env: str) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | env
+    # MLFLOW_TRACKING_URI too: mlflow.set_tracking_uri in this process exports it.
+    ignored = ("HYDRA_FULL_ERROR", "MLFLOW_TRACKING_URI")
+    environment = {k: v for k, v in os.environ.items() if k not in ignored} | env
     return subprocess.run(
         [sys.executable, str(RUN_PY), *overrides],
         cwd=tmp_path, capture_output=True, text=True, timeout=300, env=environment,
@@ -47,6 +49,47 @@ def test_run_py_trains_saves_and_tracks_without_warnings(data_root: Path, tmp_pa
     assert run.data.metrics["test_accuracy"] > 0.5
     output = done.stdout + done.stderr
     assert "Warning" not in output and "WARNING" not in output, output
+    assert "Validating input example" not in output  # MLflow's, past our console handler
+
+
+def test_the_store_is_the_override_else_the_environments_else_mlflow_db_here(
+    tmp_path: Path,
+) -> None:
+    def store(*overrides: str, **env: str) -> str:
+        done = run_py(tmp_path, "--cfg", "job", "--resolve", "-p", "mlflow.tracking_uri",
+                      *overrides, **env)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert store() == f"sqlite:///{tmp_path}/mlflow.db"
+    assert store(MLFLOW_TRACKING_URI="http://env:5000") == "http://env:5000"
+    flag = "mlflow.tracking_uri=sqlite:///flag.db"
+    assert store(flag, MLFLOW_TRACKING_URI="http://env:5000") == "sqlite:///flag.db"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs data.check_available(config.data) in experiment.run before tracked_run",
+)
+def test_a_missing_optional_dataset_ends_the_run_in_one_line_naming_its_package(
+    tmp_path: Path,
+) -> None:
+    done = run_py(tmp_path, "data=fashion_mnist", "data.source_dir=/nonexistent",
+                  f"data.root={tmp_path}/data")  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "Error in the config: data.source_dir=/nonexistent: "
+        "/nonexistent/train-images-idx3-ubyte.gz does not exist (apt-get install "
+        "dataset-fashion-mnist, or point data.source_dir at the four .gz files; or "
+        "data.download=true to let torchvision fetch it)"
+    ]
+    assert not (tmp_path / "mlflow.db").exists()  # no MLflow run, FAILED or other
+
+
+def test_a_sweep_leaves_the_launchers_per_trial_lines_out(tmp_path: Path) -> None:
+    done = run_py(tmp_path, "-m", "hydra.sweeper.n_trials=1", "optimizer.lr=interval(-2.0, -1.0)")
+    assert "Trial 0 failed" in done.stdout  # a trial ran, and failed at once
+    assert "Launching 1 jobs" not in done.stdout and "#0 : " not in done.stdout
 
 
 @pytest.mark.parametrize("arguments", [["--cfg", "job"], ["--help"], ["optimizer.lr=-1"]])

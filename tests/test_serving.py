@@ -25,11 +25,13 @@ from mnist_sweep.serving import (
     LOADER_MODULE,
     SIGNATURE,
     check_mlmodel,
+    download_checkpoint,
     invoke,
     log_pyfunc,
     served,
 )
 from mnist_sweep.sweep.keep import keep_best
+from mnist_sweep.tracking import STORE_ENVIRONMENT, use_store
 
 CHAMPION = "models:/mnist_sweep_test@champion"
 # What MLflow runs to load the model: a module of the installed package, no code from the store.
@@ -88,6 +90,21 @@ def test_the_champion_is_the_logged_model_and_predicts_like_load_model(
     )
     kept = mnist_sweep.load_model(trained_run / "best" / "model.pt")
     assert kept.net.hparams == mnist_sweep.load_model(trained_run / "out" / "model.pt").net.hparams
+
+
+def test_a_models_uri_is_looked_up_by_the_store_rule_not_in_mlflows_global_store(
+    store, tmp_path: Path, monkeypatch
+) -> None:
+    _, _, uri = store
+    monkeypatch.setenv(STORE_ENVIRONMENT, uri)  # as `mlflow models serve` would read it
+    previous = mlflow.get_tracking_uri()
+    use_store(f"sqlite:///{tmp_path}/elsewhere.db")
+    try:
+        path, version = download_checkpoint(CHAMPION, tmp_path)
+    finally:
+        use_store(previous)
+    assert path.name == "model.pt" and str(version) == "1"
+    assert mnist_sweep.load_model(path).net.hparams
 
 
 # Requests the served model refuses with HTTP 400, and a word its message must hold. JSON has
