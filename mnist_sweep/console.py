@@ -41,10 +41,11 @@ class EpochBar:
     """A run's epochs: a bar on a terminal, and a line each to `log` (which the terminal leaves
     to the log file while the bar shows it)."""
 
-    def __init__(self, epochs: int, log: logging.Logger) -> None:
+    def __init__(self, epochs: int, log: logging.Logger, leave: bool = True) -> None:
         self.epochs, self.log = epochs, log
-        # leave=None: the bar stays after a run, and goes after a trial, below its sweep's bar.
-        self.bar = tqdm(total=epochs, unit="epoch", leave=None) if bars_shown() else None
+        # A trial's bar goes when it ends (leave=False), in the sweep's process below the
+        # sweep's bar and in a launcher's worker alike; a single run's stays.
+        self.bar = tqdm(total=epochs, unit="epoch", leave=leave) if bars_shown() else None
 
     def __enter__(self) -> EpochBar:
         return self

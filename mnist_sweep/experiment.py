@@ -16,7 +16,14 @@ from mnist_sweep import checkpoints, device, objective, report, tracking
 from mnist_sweep.augment import make_augment
 from mnist_sweep.config import MlflowConfig, RunConfig, to_run_config
 from mnist_sweep.console import EpochBar
-from mnist_sweep.data import DATASETS, Loaders, class_names, expected_digests, make_loaders
+from mnist_sweep.data import (
+    DATASETS,
+    Loaders,
+    check_available,
+    class_names,
+    expected_digests,
+    make_loaders,
+)
 from mnist_sweep.evaluation import predict
 from mnist_sweep.masking import masked_tree
 from mnist_sweep.models import Network, build_model
@@ -41,20 +48,22 @@ def run(cfg: DictConfig, output_dir: Path, job: Job | None = None) -> float:
     If `job` stops it early, the MLflow run ends KILLED and StoppedEarly goes on.
     """
     config = to_run_config(cfg)
+    check_available(config.data)  # a missing dataset: one line, before MLflow records a run
     # What the run records (params, model.pt, config.yaml), URL passwords masked; it connects
     # with `config`.
     resolved = masked_tree(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     target = device.configure(config.trainer)
     torch.manual_seed(config.trainer.seed)
     tags = job.tags(config.mlflow) if job is not None else {}
-    with tracking.tracked_run(config.mlflow, tracking.flatten(resolved), tags) as active:
+    name = tracking.run_name(config)
+    with tracking.tracked_run(config.mlflow, tracking.flatten(resolved), tags, name) as active:
         started = time.perf_counter()
         loaders = make_loaders(config.data, target, config.trainer.seed)
         dataset = _log_dataset(config)
         model = build_model(config.model).to(target)
         augment = make_augment(config.data.augment, target, config.trainer.seed)
         training_started = time.perf_counter()
-        with EpochBar(config.trainer.epochs, log) as bar:
+        with EpochBar(config.trainer.epochs, log, leave=job is None) as bar:
 
             def on_epoch(metrics: EpochMetrics) -> None:
                 values = _epoch_values(metrics)

@@ -34,9 +34,6 @@ def finished(small_cfg, tmp_path: Path):
     return val_accuracy, client, runs, tmp_path / "out"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs tracking.run_name(config) passed to tracked_run in experiment.run"
-)
 def test_a_single_run_is_named_for_what_it_trains(finished) -> None:
     _, _, [run], _ = finished
     assert run.info.run_name == "mlp adam lr=0.001 bs=100"

@@ -67,10 +67,6 @@ def test_the_store_is_the_override_else_the_environments_else_mlflow_db_here(
     assert store(flag, MLFLOW_TRACKING_URI="http://env:5000") == "sqlite:///flag.db"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs data.check_available(config.data) in experiment.run before tracked_run",
-)
 def test_a_missing_optional_dataset_ends_the_run_in_one_line_naming_its_package(
     tmp_path: Path,
 ) -> None:

@@ -185,8 +185,11 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
     def _prepare(self) -> RunConfig:
         """Check the run's config and reach both stores, creating nothing; then the storage
         and the MLflow experiment."""
+        from mnist_sweep.data import check_available  # here: keeps torch out of --help
+
         try:
             run_config = to_run_config(self.config)
+            check_available(run_config.data)
         except ConfigError as error:
             raise SweepError(f"Error in the config: {error}") from error
         checks.check_data_root(run_config.data.root)
