@@ -101,7 +101,7 @@ def use_store(tracking_uri: str) -> None:
 
 
 # MLflow's UI tells training experiments from GenAI ones by this tag (MLflow 3.17 reads it only
-# with its workflow switch off: there the sidebar's "Machine learning" switch, or
+# with its workflow switch off: there the sidebar's "Model training" switch, or
 # ?workflowType=machine_learning in the URL, shows the runs).
 EXPERIMENT_KIND, TRAINING = "mlflow.experimentKind", "custom_model_development"
 
