@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -266,8 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         print(error, file=sys.stderr)
     if readings:
         classify(readings, predictor_of(classifier))
-        for reading in readings:
-            print(reading.line(args.json))
+        try:
+            for reading in readings:
+                print(reading.line(args.json), flush=True)
+        except BrokenPipeError:  # `| head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         if args.preview:
             draw_preview(readings, args.preview)
     return 1 if errors else 0

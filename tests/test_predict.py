@@ -223,3 +223,19 @@ def test_an_mlflow_model_uri_predicts_like_the_checkpoint(
     np.testing.assert_allclose(by_uri["probabilities"], by_file["probabilities"], rtol=1e-6)
     assert main(["--model", "models:/no_such_model@champion", str(tmp_path)]) == 2
     assert "no_such_model" in capsys.readouterr().err
+
+
+def test_output_cut_short_by_a_closed_pipe_ends_quietly(
+    trained_run: Path, test_digits, tmp_path: Path
+) -> None:
+    handed_over(test_digits[0][0], np.random.default_rng(4)).save(tmp_path / "0.png")
+    command = [sys.executable, "-m", "mnist_sweep.predict", "--model",
+               str(trained_run / "out" / "model.pt"), str(tmp_path)]  # fmt: skip
+    # The reader is gone before the first line is written (`| head -0`): every write fails.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    predict = subprocess.run(command, stdout=write_end, stderr=subprocess.PIPE, timeout=300)
+    os.close(write_end)
+    assert predict.returncode == 0
+    assert predict.stderr.decode().startswith("model: ")
+    assert "Traceback" not in predict.stderr.decode()
