@@ -16,7 +16,7 @@ from mnist_sweep.config import Promote
 from mnist_sweep.sweep import confirm
 from mnist_sweep.sweep.keep import TAG, promote, register, sweep_alias
 
-from sweeps import mlflow_runs, run_sweep, states, sweep_command
+from tests.support import mlflow_runs, run_sweep, states, sweep_command
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from mnist_sweep.config import (
     to_run_config,
 )
 
-from conftest import CONF_DIR, compose_config
+from tests.support import CONF_DIR, compose_config
 
 VALID = ["mlflow.tracking_uri=sqlite:///mlflow.db"]
 

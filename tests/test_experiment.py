@@ -14,12 +14,13 @@ import mnist_sweep
 from mnist_sweep import experiment
 from mnist_sweep.checkpoints import read_checkpoint
 from mnist_sweep.config import DatasetName
-from mnist_sweep.data import DATASETS, IMAGE_SHAPE
+from mnist_sweep.data import DATASETS
 from mnist_sweep.models import CNN
 
-from conftest import compose_config, needs_fashion_mnist, small_overrides
+from tests.support import compose_config, needs_fashion_mnist, small_overrides
 
 EPOCH_METRICS = {"train_loss", "train_accuracy", "val_loss", "val_accuracy"}
+IMAGE_SHAPE = (1, 28, 28)  # one channel, 28x28: MNIST and Fashion-MNIST
 FINAL_METRICS = {"test_loss", "test_accuracy", "wall_time_s", "train_samples_per_s"}
 
 

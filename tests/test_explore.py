@@ -7,7 +7,7 @@ import torch
 from mnist_sweep.data import DataFiles, torchvision_dataset
 from mnist_sweep.explore import describe, main, show5_png
 
-from conftest import needs_fashion_mnist
+from tests.support import needs_fashion_mnist
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -25,8 +25,7 @@ from mnist_sweep.sweep import liveness, records
 from mnist_sweep.sweep.checks import REACH_S
 from mnist_sweep.sweep.journal import HealingJournalFileBackend
 
-from servers import free_port
-from sweeps import mlflow_runs, run_sweep, study, sweep_command
+from tests.support import free_port, mlflow_runs, run_sweep, study, sweep_command
 
 BAD_OVERRIDES = [
     ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0: must be a whole number >= 1"),

@@ -16,11 +16,12 @@ from PIL import Image
 
 import mnist_sweep
 from mnist_sweep.checkpoints import read_checkpoint
-from mnist_sweep.images import CENTRE, ImageError, handed_over, to_mnist
+from mnist_sweep.images import CENTRE, ImageError, to_mnist
 from mnist_sweep.predict import ALIAS, CHAMPION, DEFAULT_STORE, REGISTERED_MODEL, main
 from mnist_sweep.serving import log_pyfunc
 
-from conftest import compose_config
+from benchmarks.photos import handed_over
+from tests.support import compose_config
 
 
 def accuracy(trained_run: Path) -> str:

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from mnist_sweep.sweep.pruning import make_pruner
 from mnist_sweep.sweep.sweeper import ResumableOptunaSweeperImpl
 
-from sweeps import interrupt_mid_trial, mlflow_runs, run_sweep, states, study, sweep_command
+from tests.support import interrupt_mid_trial, mlflow_runs, run_sweep, states, study, sweep_command
 
 # In place of the default pruner: any validation accuracy is below 1.0, so every trial is
 # pruned after its first epoch.

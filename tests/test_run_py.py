@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import small_overrides
+from tests.support import small_overrides
 
 RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
 HEAVY = ("torch", "torchvision", "mlflow", "matplotlib", "optuna", "scipy")

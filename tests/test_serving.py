@@ -25,11 +25,11 @@ from mnist_sweep.serving import (
     LOADER_MODULE,
     SIGNATURE,
     check_mlmodel,
-    invoke,
     log_pyfunc,
-    served,
 )
 from mnist_sweep.sweep.keep import keep_best
+
+from tests.support import invoke, served
 
 CHAMPION = "models:/mnist_sweep_test@champion"
 # What MLflow runs to load the model: a module of the installed package, no code from the store.

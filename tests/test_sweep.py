@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -22,7 +25,19 @@ from mnist_sweep.sweep import liveness, records
 from mnist_sweep.sweep.liveness import process_is_gone
 from mnist_sweep.sweep.sweeper import is_grid
 
-from sweeps import interrupt_mid_trial, mlflow_runs, run_sweep, states, study, sweep_command
+from tests.support import (
+    Meeting,
+    at_once,
+    flock_waiters,
+    interrupt_mid_trial,
+    mlflow_runs,
+    run_sweep,
+    states,
+    study,
+    sweep_command,
+)
+
+WORKERS = ["worker-0", "worker-1"]  # the threads of tests.support.in_threads
 
 
 def test_sweep_tracks_every_trial_under_its_sweep_and_keeps_the_best(
@@ -122,20 +137,55 @@ def test_two_processes_share_one_study(data_root: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("older", ["first", "second"])
 def test_workers_that_race_to_create_the_sweep_parent_all_keep_the_same_one(
-    tmp_path: Path, older: str
+    tmp_path: Path, older: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.create_experiment("race")
-    tags = {tracking.SWEEP_ID: "race/study", tracking.ROLE: "sweep"}
-    # Both workers created a parent before either looked again; each then keeps one.
-    first, second = (client.create_run(experiment, tags=tags, start_time=start)
-                     for start in ((1, 2) if older == "first" else (2, 1)))  # fmt: skip
-    kept = [records.keep_one_parent(client, experiment, "race/study") for _ in (first, second)]
+    # Both workers find no parent, and both create one before either looks again: each waits
+    # at a barrier after its first look and after creating. `older` is the first worker's
+    # parent, or the second's.
+    starts = {"worker-0": 1, "worker-1": 2} if older == "first" else {"worker-0": 2, "worker-1": 1}
+    made, create_run = {}, client.create_run
+
+    def create_at_its_start(*args, **kwargs) -> mlflow.entities.Run:
+        worker = threading.current_thread().name
+        made[worker] = create_run(*args, start_time=starts[worker], **kwargs)
+        return made[worker]
+
+    monkeypatch.setattr(client, "create_run", create_at_its_start)
+    looked = Meeting(monkeypatch, records, "sweep_runs")
+    created = Meeting(monkeypatch, client, "create_run")
+    kept = at_once(records.sweep_parent, client, experiment, "race/study", True)
+    assert sorted(looked.passed) == sorted(created.passed) == sorted(made) == WORKERS
     assert kept[0].info.run_id == kept[1].info.run_id
     parent = records.sweep_parent(client, experiment, "race/study")
     assert parent.info.run_id == kept[0].info.run_id
+    assert parent.info.run_id == made["worker-0" if older == "first" else "worker-1"].info.run_id
     assert [run.info.run_id for run in records.sweep_runs(
         client, experiment, "race/study", "sweep")] == [parent.info.run_id]  # fmt: skip
+
+
+def test_processes_initializing_one_new_store_at_once_take_turns(tmp_path: Path) -> None:
+    """Two sweeps that start together on a new SQLite store would both create its tables and
+    one would fail ("table ... already exists"): both come to the store's lock, held here
+    until both wait for it, then both succeed, one after the other."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    script = "import sys; from mnist_sweep import tracking; tracking.initialize_store(sys.argv[1])"
+    lock_path = tmp_path / "mlflow.db.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        workers = [subprocess.Popen([sys.executable, "-c", script, uri], stderr=subprocess.PIPE,
+                                    text=True) for _ in WORKERS]  # fmt: skip
+        deadline = time.monotonic() + 120
+        while flock_waiters(lock_path) < len(workers):
+            assert time.monotonic() < deadline, "the processes never came to the store's lock"
+            assert all(worker.poll() is None for worker in workers), "one ended without it"
+            time.sleep(0.05)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    for worker in workers:
+        assert worker.wait(timeout=120) == 0, worker.stderr.read()[-3000:]
+    [default] = mlflow.MlflowClient(uri).search_experiments()
+    assert default.name == "Default"
 
 
 def test_a_parent_kept_before_an_older_one_appeared_gives_way_and_its_trials_move(
