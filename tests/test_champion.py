@@ -79,6 +79,7 @@ def test_each_sweep_has_an_alias_of_its_own() -> None:
     assert sweep_alias("mlp.v2/grid_20261201-101010") == "best_mlp_v2_grid_20261201-101010"
 
 
+@pytest.mark.slow
 def test_a_resumed_study_refuses_other_settings_and_accepts_speed_only_changes(
     data_root: Path, tmp_path: Path
 ) -> None:
@@ -121,6 +122,7 @@ def test_the_confirmed_champion_is_the_best_mean_not_the_luckiest_trial() -> Non
     assert other.trial.number == 0
 
 
+@pytest.mark.slow
 def test_a_confirmed_sweep_keeps_the_best_mean_and_says_so(data_root: Path, tmp_path: Path) -> None:
     # 300 training images: seeds move validation accuracy by points, so they decide.
     done = run_sweep(tmp_path, data_root, "data.train_subset=300", "hydra.sweeper.n_trials=3",

@@ -38,6 +38,7 @@ def assert_all_pruned_at_first_epoch(folder: Path, n_trials: int) -> None:
         assert "test_accuracy" not in run.data.metrics
 
 
+@pytest.mark.slow
 def test_a_sweep_whose_pruner_prunes_every_trial_keeps_nothing(
     data_root: Path, tmp_path: Path
 ) -> None:
@@ -52,6 +53,7 @@ def test_a_sweep_whose_pruner_prunes_every_trial_keeps_nothing(
     assert Path(trials_csv).read_text().count(",1,") == 2  # pruned_at_epoch column
 
 
+@pytest.mark.slow
 def test_a_median_pruned_sweep_keeps_the_best_complete_trial(
     data_root: Path, tmp_path: Path
 ) -> None:
@@ -76,6 +78,7 @@ def test_a_median_pruned_sweep_keeps_the_best_complete_trial(
     assert f'"trial": "trial_{best.number}"' in kept
 
 
+@pytest.mark.slow
 def test_pruning_in_joblib_workers(data_root: Path, tmp_path: Path) -> None:
     run_sweep(
         tmp_path, data_root, *SMALL, "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2",
@@ -84,6 +87,7 @@ def test_pruning_in_joblib_workers(data_root: Path, tmp_path: Path) -> None:
     assert_all_pruned_at_first_epoch(tmp_path, 3)
 
 
+@pytest.mark.slow
 def test_pruning_in_two_cooperating_processes(data_root: Path, tmp_path: Path) -> None:
     command = sweep_command(data_root, *SMALL, "hydra.sweeper.n_trials=4", *ALWAYS)
     processes = [
@@ -95,6 +99,7 @@ def test_pruning_in_two_cooperating_processes(data_root: Path, tmp_path: Path) -
     assert_all_pruned_at_first_epoch(tmp_path, 4)
 
 
+@pytest.mark.slow
 def test_a_resumed_sweep_keeps_pruned_trials_pruned(data_root: Path, tmp_path: Path) -> None:
     overrides = [*SMALL, "trainer.epochs=30", "hydra.sweeper.n_trials=4", *ALWAYS]
     before = interrupt_mid_trial(data_root, tmp_path, overrides, signal.SIGKILL, TrialState.PRUNED)
@@ -108,6 +113,7 @@ def test_a_resumed_sweep_keeps_pruned_trials_pruned(data_root: Path, tmp_path: P
     assert after.count(TrialState.PRUNED) == 4 and TrialState.COMPLETE not in after
 
 
+@pytest.mark.slow
 def test_a_grid_never_prunes(data_root: Path, tmp_path: Path) -> None:
     run_sweep(tmp_path, data_root, *SMALL, "optimizer=adam,sgd", *ALWAYS)
     _, runs = mlflow_runs(tmp_path, "trial")

@@ -40,6 +40,7 @@ from tests.support import (
 WORKERS = ["worker-0", "worker-1"]  # the threads of tests.support.in_threads
 
 
+@pytest.mark.slow
 def test_sweep_tracks_every_trial_under_its_sweep_and_keeps_the_best(
     data_root: Path, tmp_path: Path
 ) -> None:
@@ -72,6 +73,7 @@ def test_sweep_tracks_every_trial_under_its_sweep_and_keeps_the_best(
     torch.testing.assert_close(torch.from_numpy(served), model(images).detach())
 
 
+@pytest.mark.slow
 def test_cnn_sweep_searches_cnn_shapes_in_its_own_study(data_root: Path, tmp_path: Path) -> None:
     run_sweep(tmp_path, data_root, "sweep=cnn_small", "hydra.sweeper.n_trials=2",
               "data.train_subset=1000", "sweep.min_test_accuracy=0.2")  # fmt: skip
@@ -91,6 +93,7 @@ def test_cnn_sweep_searches_cnn_shapes_in_its_own_study(data_root: Path, tmp_pat
     torch.testing.assert_close(torch.from_numpy(served), model(images).detach())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
 def test_interrupted_sweep_resumes_to_exactly_n_trials_without_duplicate_runs(
     data_root: Path, tmp_path: Path, stop: signal.Signals
@@ -118,6 +121,7 @@ def test_interrupted_sweep_resumes_to_exactly_n_trials_without_duplicate_runs(
     assert (tmp_path / "multirun" / "mlp" / "best" / "model.pt").exists()
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_study(data_root: Path, tmp_path: Path) -> None:
     command = sweep_command(data_root, "hydra.sweeper.n_trials=4", "sweep.min_test_accuracy=0.5")
     processes = [
@@ -165,6 +169,7 @@ def test_workers_that_race_to_create_the_sweep_parent_all_keep_the_same_one(
         client, experiment, "race/study", "sweep")] == [parent.info.run_id]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_processes_initializing_one_new_store_at_once_take_turns(tmp_path: Path) -> None:
     """Two sweeps that start together on a new SQLite store would both create its tables and
     one would fail ("table ... already exists"): both come to the store's lock, held here
@@ -210,6 +215,7 @@ def test_a_parent_kept_before_an_older_one_appeared_gives_way_and_its_trials_mov
     assert client.get_run(trial.info.run_id).data.tags[MLFLOW_PARENT_RUN_ID] == older.info.run_id
 
 
+@pytest.mark.slow
 def test_sweep_below_the_threshold_keeps_nothing_and_says_so(
     data_root: Path, tmp_path: Path
 ) -> None:
@@ -222,6 +228,7 @@ def test_sweep_below_the_threshold_keeps_nothing_and_says_so(
     assert not client.search_registered_models()
 
 
+@pytest.mark.slow
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(data_root: Path, tmp_path: Path) -> None:
     run_sweep(
         tmp_path, data_root, "hydra.sweeper.n_trials=3", "sweep.min_test_accuracy=0.5",
@@ -233,6 +240,7 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(data_root: Path, tmp_
     assert {run.info.status for run in trials} == {"FINISHED", "FAILED"}
 
 
+@pytest.mark.slow
 def test_parallel_trials_with_the_joblib_launcher(data_root: Path, tmp_path: Path) -> None:
     run_sweep(
         tmp_path, data_root, "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2",
@@ -243,6 +251,7 @@ def test_parallel_trials_with_the_joblib_launcher(data_root: Path, tmp_path: Pat
     assert sorted(run.data.tags["mnist_sweep.trial"] for run in trials) == ["trial_0", "trial_1"]
 
 
+@pytest.mark.slow
 def test_comma_lists_run_a_plain_grid_apart_from_the_study(data_root: Path, tmp_path: Path) -> None:
     run_sweep(tmp_path, data_root, "hydra.sweeper.n_trials=1", "sweep.min_test_accuracy=0.5")
     client, [study_parent] = mlflow_runs(tmp_path, "sweep")
