@@ -57,6 +57,7 @@ def sweep_in(
                           text=True, timeout=300, **options)  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("override", "message"), BAD_OVERRIDES)
 def test_a_bad_override_ends_in_one_line_and_creates_nothing(
     data_root: Path, tmp_path: Path, override: str, message: str
@@ -65,12 +66,14 @@ def test_a_bad_override_ends_in_one_line_and_creates_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_traceback_is_there_on_request(data_root: Path, tmp_path: Path) -> None:
     done = sweep_in(tmp_path, data_root, "hydra.sweeper.n_trials=0",
                     env={**os.environ, "HYDRA_FULL_ERROR": "1"})  # fmt: skip
     assert done.returncode == 1 and "Traceback" in done.stderr and "SweepError" in done.stderr
 
 
+@pytest.mark.slow
 def test_an_unwritable_data_root_and_a_corrupt_store_end_in_one_line(
     data_root: Path, tmp_path: Path
 ) -> None:
@@ -85,6 +88,7 @@ def test_an_unwritable_data_root_and_a_corrupt_store_end_in_one_line(
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file", "mlflow.db"]
 
 
+@pytest.mark.slow
 def test_servers_that_do_not_answer_fail_the_sweep_within_the_bound_and_create_nothing(
     data_root: Path, tmp_path: Path
 ) -> None:

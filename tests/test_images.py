@@ -38,6 +38,7 @@ def accuracy(model: torch.nn.Module, forms: np.ndarray, labels: np.ndarray) -> f
     return float(np.mean(named == labels))
 
 
+@pytest.mark.slow
 def test_photographed_digits_score_within_two_points_of_the_raw_test_tensors(
     model, test_digits
 ) -> None:
@@ -177,6 +178,7 @@ def added_peak_kb(path: Path) -> tuple[str, int]:
     return said, int(added)
 
 
+@pytest.mark.slow
 def test_memory_stays_under_500_mb_for_a_13000_pixel_square_png(tmp_path: Path) -> None:
     Image.new("L", (13000, 13000), 255).save(tmp_path / "huge.png", compress_level=1)
     said, added_kb = added_peak_kb(tmp_path / "huge.png")
@@ -197,6 +199,7 @@ def test_a_fifo_is_refused_without_being_opened(tmp_path: Path) -> None:
     assert time.perf_counter() - started < 1
 
 
+@pytest.mark.slow
 def test_hostile_files_get_one_line_each_and_the_rest_is_predicted(
     trained_run: Path, test_digits, tmp_path: Path, capsys, monkeypatch
 ) -> None:

@@ -35,6 +35,7 @@ def predictions(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, list[di
     return code, [json.loads(line) for line in out.splitlines()], err
 
 
+@pytest.mark.slow
 def test_pictures_handed_over_score_within_a_point_of_the_raw_test_tensors(
     trained_run: Path, test_digits, tmp_path: Path, capsys
 ) -> None:
@@ -93,6 +94,7 @@ def test_blank_pictures_have_no_ink() -> None:
             to_mnist(blank)
 
 
+@pytest.mark.slow
 def test_every_bad_file_gets_an_error_line_and_the_others_are_still_predicted(
     trained_run: Path, test_digits, tmp_path: Path, capsys
 ) -> None:
@@ -115,6 +117,7 @@ def test_every_bad_file_gets_an_error_line_and_the_others_are_still_predicted(
     assert any("blank.png: no ink" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_text_lines_and_the_preview_sheet(trained_run: Path, test_digits, tmp_path) -> None:
     rng = np.random.default_rng(2)
     for index in range(3):
@@ -127,6 +130,7 @@ def test_text_lines_and_the_preview_sheet(trained_run: Path, test_digits, tmp_pa
         assert sheet.format == "PNG" and sheet.width > 300
 
 
+@pytest.mark.slow
 def test_the_default_model_is_the_champion_of_the_store_here_else_the_newest_kept_one(
     trained_run: Path, tmp_path, monkeypatch, capsys
 ) -> None:
@@ -185,6 +189,7 @@ def test_the_default_champion_is_the_one_a_default_sweep_here_records() -> None:
     assert (cfg.sweep.registered_model, cfg.sweep.alias) == (REGISTERED_MODEL, ALIAS)
 
 
+@pytest.mark.slow
 def test_an_mlflow_model_uri_predicts_like_the_checkpoint(
     trained_run: Path, test_digits, tmp_path, capsys
 ) -> None:
