@@ -111,6 +111,7 @@ def test_a_failing_run_is_marked_failed_and_keeps_what_it_logged(small_cfg, tmp_
     assert run.data.params["optimizer.lr"] == "1e+30"
 
 
+@pytest.mark.slow
 def test_a_cnn_run_with_augmentation_and_ema_saves_a_loadable_cnn(small_cfg, tmp_path) -> None:
     overrides = {"model": {"arch": "cnn", "channels": [4, 8], "hidden_sizes": [16]},
                  "data": {"augment": {"rotation": 10.0, "translate": 0.1}},
@@ -124,6 +125,7 @@ def test_a_cnn_run_with_augmentation_and_ema_saves_a_loadable_cnn(small_cfg, tmp
     torch.testing.assert_close(model(torch.rand(2, *IMAGE_SHAPE)).sum(1), torch.ones(2))
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_a_fashion_mnist_run_reports_its_own_classes(data_root, tmp_path) -> None:
     cfg = compose_config(["data=fashion_mnist", *small_overrides(data_root, tmp_path)])
