@@ -18,7 +18,7 @@ register_schema()
 plugin.register()
 
 # Our own console log handler, which Hydra instantiates from conf/config.yaml.
-TRUSTED_TARGETS = ["mnist_sweep.progress.ConsoleHandler"]
+TRUSTED_TARGETS = ["mnist_sweep.console.ConsoleHandler"]
 
 
 @hydra.main(config_path="conf", config_name="config", execution_whitelist=TRUSTED_TARGETS)
@@ -27,8 +27,13 @@ def main(cfg: DictConfig) -> float:
         to_run_config(cfg)  # a config error ends here, before torch and MLflow load
         from mnist_sweep import experiment
         from mnist_sweep.sweep import job
+        from mnist_sweep.training import StoppedEarly
 
-        return experiment.run(cfg, Path(HydraConfig.get().runtime.output_dir), job.current_job())
+        hydra_cfg = HydraConfig.get()
+        try:
+            return experiment.run(cfg, Path(hydra_cfg.runtime.output_dir), job.current(hydra_cfg))
+        except StoppedEarly as stopped:  # only a sweep's pruner stops a run early
+            return job.Pruned(stopped.epoch)
     except ConfigError as error:
         # In a sweep the error fails this trial only (the sweeper logs it); a run ends here.
         if HydraConfig.get().mode == RunMode.MULTIRUN:

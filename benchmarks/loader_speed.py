@@ -18,6 +18,7 @@ import torch
 from mnist_sweep.config import Loader, register_schema, to_run_config
 from mnist_sweep.data import make_loaders
 from mnist_sweep.models import MLP
+from mnist_sweep.sweep import plugin
 from mnist_sweep.training import Step, evaluate, make_optimizer, train_epoch
 
 CPU = torch.device("cpu")
@@ -29,6 +30,7 @@ def config(batch_size: int, loader: Loader):
     from hydra import compose, initialize_config_dir
 
     register_schema()
+    plugin.register()
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf)):
         cfg = compose("config", [f"data.batch_size={batch_size}", f"data.loader={loader.value}",

@@ -286,11 +286,8 @@ class RunConfig:
 
 
 def register_schema() -> None:
-    """Make `run_schema` and the sweeper's schema available to conf/config.yaml's defaults."""
-    from mnist_sweep.sweep import schema
-
+    """Make `run_schema` available to conf/config.yaml's defaults."""
     ConfigStore.instance().store(name="run_schema", node=RunConfig, replace=True)
-    schema.register_schema()
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:

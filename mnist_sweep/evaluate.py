@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -26,33 +25,16 @@ from mnist_sweep import report, tracking
 from mnist_sweep.checkpoints import CheckpointError, classifier_from, describe, read_checkpoint
 from mnist_sweep.config import DatasetName, MlflowConfig
 from mnist_sweep.data import (
-    CLASS_NAMES,
     DataFiles,
     DataIntegrityError,
     DataMissingError,
     torchvision_dataset,
 )
-from mnist_sweep.evaluation import Predictions, predict
+from mnist_sweep.evaluation import predict
 from mnist_sweep.masking import MASK
 from mnist_sweep.models import Ensemble, ShiftTTA
 
 log = logging.getLogger(__name__)
-
-
-def report_and_log(
-    predictions: Predictions,
-    folder: Path,
-    history: Sequence[dict[str, float]] = (),
-    class_names: Sequence[str] | None = None,
-) -> dict[str, float]:
-    """Write the evaluation report of `predictions` and log it to the active MLflow run."""
-    started = time.perf_counter()
-    files, metrics = report.write_report(folder, predictions, list(class_names or CLASS_NAMES),
-                                         history)  # fmt: skip
-    metrics["evaluation_time_s"] = time.perf_counter() - started
-    tracking.log_metrics(metrics)
-    tracking.log_artifacts(files, "evaluation")
-    return metrics
 
 
 def evaluation_batches(files: DataFiles, batch_size: int = 2000):
@@ -102,7 +84,7 @@ def evaluate_checkpoints(
         tracking.log_metrics({"test_accuracy": predictions.accuracy(),
                               "test_loss": predictions.loss()})  # fmt: skip
         history = checkpoints[0].get("history", []) if len(paths) == 1 else []
-        metrics = report_and_log(predictions, out, history, checkpoints[0]["class_names"])
+        metrics = report.report_and_log(predictions, out, history, checkpoints[0]["class_names"])
     return {"test_accuracy": predictions.accuracy(), **metrics}
 
 

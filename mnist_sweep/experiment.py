@@ -6,52 +6,69 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import mlflow
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
-from mnist_sweep import checkpoints, device, tracking
+from mnist_sweep import checkpoints, device, objective, report, tracking
 from mnist_sweep.augment import make_augment
-from mnist_sweep.config import RunConfig, to_run_config
+from mnist_sweep.config import MlflowConfig, RunConfig, to_run_config
+from mnist_sweep.console import EpochBar
 from mnist_sweep.data import DATASETS, Loaders, class_names, expected_digests, make_loaders
-from mnist_sweep.evaluate import report_and_log
 from mnist_sweep.evaluation import predict
-from mnist_sweep.explore import show5_png
 from mnist_sweep.masking import masked_tree
 from mnist_sweep.models import Network, build_model
-from mnist_sweep.progress import SHOWN_ON_BAR, bars_shown
-from mnist_sweep.sweep import pruning
-from mnist_sweep.sweep.job import SweepJob, job_tags
-from mnist_sweep.training import EpochMetrics, fit
+from mnist_sweep.training import EpochMetrics, StoppedEarly, fit
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig, output_dir: Path, job: SweepJob | None = None) -> float:
-    """Train and test the configured model, log it as one MLflow run; returns val accuracy."""
+class Job(Protocol):
+    """What a sweep adds to a run that is one of its jobs (mnist_sweep/sweep/job.py)."""
+
+    def tags(self, config: MlflowConfig) -> dict[str, str]:
+        """The run's MLflow tags."""
+
+    def after_epoch(self, metrics: EpochMetrics) -> None:
+        """Called after each logged epoch; raises StoppedEarly to stop the run there."""
+
+
+def run(cfg: DictConfig, output_dir: Path, job: Job | None = None) -> float:
+    """Train and test the configured model, log it as one MLflow run; returns the objective.
+
+    If `job` stops it early, the MLflow run ends KILLED and StoppedEarly goes on.
+    """
     config = to_run_config(cfg)
     # What the run records (params, model.pt, config.yaml), URL passwords masked; it connects
     # with `config`.
     resolved = masked_tree(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     target = device.configure(config.trainer)
     torch.manual_seed(config.trainer.seed)
-    tags = job_tags(config.mlflow, job)
+    tags = job.tags(config.mlflow) if job is not None else {}
     with tracking.tracked_run(config.mlflow, tracking.flatten(resolved), tags) as active:
         started = time.perf_counter()
         loaders = make_loaders(config.data, target, config.trainer.seed)
         dataset = _log_dataset(config)
         model = build_model(config.model).to(target)
         augment = make_augment(config.data.augment, target, config.trainer.seed)
-        trial = pruning.current_trial(job)
         training_started = time.perf_counter()
-        with _progress(config) as on_epoch, pruning.ends_killed_when_pruned():
-            history = fit(
-                model, loaders.train, loaders.val, config.optimizer, config.trainer, target,
-                pruning.reporting(on_epoch, trial), augment,
-            )  # fmt: skip
+        with EpochBar(config.trainer.epochs, log) as bar:
+
+            def on_epoch(metrics: EpochMetrics) -> None:
+                values = _epoch_values(metrics)
+                tracking.log_metrics(values, step=metrics.epoch)
+                bar.show(metrics.epoch, values)
+                if job is not None:
+                    job.after_epoch(metrics)
+
+            try:
+                history = fit(model, loaders.train, loaders.val, config.optimizer,
+                              config.trainer, target, on_epoch, augment)  # fmt: skip
+            except StoppedEarly:
+                tracking.end_run("KILLED")
+                raise
         train_seconds = time.perf_counter() - training_started
         # One pass over the test set serves the test metrics and the evaluation report.
         predictions = predict(model, loaders.test, target)
@@ -68,9 +85,9 @@ def run(cfg: DictConfig, output_dir: Path, job: SweepJob | None = None) -> float
         tracking.log_metrics(summary, model_id=tracking.log_model(model_path), dataset=dataset)
         tracking.log_artifacts(others)
         log.info(" ".join(f"{key}={value:.4f}" for key, value in summary.items()))
-        report_and_log(predictions, output_dir / "evaluation", records,
-                       class_names(config.data.name))  # fmt: skip
-    return history[-1].val_accuracy
+        report.report_and_log(predictions, output_dir / "evaluation", records,
+                              class_names(config.data.name))  # fmt: skip
+    return objective.value(history[-1])
 
 
 def _log_dataset(config: RunConfig) -> mlflow.data.Dataset:
@@ -83,32 +100,6 @@ def _log_dataset(config: RunConfig) -> mlflow.data.Dataset:
 
 def _epoch_values(metrics: EpochMetrics) -> dict[str, float]:
     return {key: value for key, value in asdict(metrics).items() if key != "epoch"}
-
-
-class _progress:
-    """Per-epoch reporting: a tqdm bar on a terminal and a log line (which the terminal leaves to
-    the log file while the bar shows it); logs to MLflow."""
-
-    def __init__(self, config: RunConfig) -> None:
-        self.epochs = config.trainer.epochs
-        # leave=None: the bar stays after a run, and goes after a trial, below its sweep's bar.
-        self.bar = tqdm(total=self.epochs, unit="epoch", leave=None) if bars_shown() else None
-
-    def __enter__(self):
-        return self.on_epoch
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-    def on_epoch(self, metrics: EpochMetrics) -> None:
-        values = _epoch_values(metrics)
-        tracking.log_metrics(values, step=metrics.epoch)
-        summary = " ".join(f"{k}={v:.4f}" for k, v in values.items())
-        log.info("epoch %d/%d %s", metrics.epoch, self.epochs, summary, extra=SHOWN_ON_BAR)
-        if self.bar is not None:
-            self.bar.set_postfix_str(summary)
-            self.bar.update()
 
 
 @dataclass
@@ -137,5 +128,5 @@ def _write_outputs(
     )
     images, labels = next(iter(loaders.val))
     show5_path = output_dir / "show5.png"
-    show5_path.write_bytes(show5_png(images, labels, class_names(config.data.name)))
+    show5_path.write_bytes(report.show5_png(images, labels, class_names(config.data.name)))
     return [model_path, config_path, show5_path]

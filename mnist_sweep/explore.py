@@ -7,13 +7,13 @@ to print the summary and write the picture.
 from __future__ import annotations
 
 import argparse
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mnist_sweep import report
 from mnist_sweep.config import DatasetName
 from mnist_sweep.data import CLASS_NAMES, DataFiles, class_names, torchvision_dataset
 
@@ -31,26 +31,6 @@ def describe(
         "max": images.max().item(),
         "class_counts": dict(zip(names, counts, strict=True)),
     }
-
-
-def show5_png(
-    images: torch.Tensor, labels: torch.Tensor, names: Sequence[str] = CLASS_NAMES
-) -> bytes:
-    """A PNG of the first five images with their labels above them."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, axes = plt.subplots(1, 5, figsize=(7.5, 1.9))
-    for axis, image, label in zip(axes, images[:5], labels[:5], strict=True):
-        axis.imshow(image.reshape(28, 28).cpu().numpy(), cmap="gray")
-        axis.set_title(f"label {names[int(label)]}", fontsize=9)
-        axis.axis("off")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", bbox_inches="tight", dpi=100)
-    plt.close(figure)
-    return buffer.getvalue()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     for name, dataset in splits.items():
         print(name, describe(dataset.data, dataset.targets, names))
-    args.out.write_bytes(show5_png(splits["train"].data, splits["train"].targets, names))
+    args.out.write_bytes(report.show5_png(splits["train"].data, splits["train"].targets, names))
     print(f"wrote {args.out}")
 
 

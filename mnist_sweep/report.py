@@ -1,15 +1,20 @@
-"""An evaluation written out: PNG figures, per-class CSV, and the metrics MLflow receives."""
+"""What a run writes besides its model: the evaluation (PNG figures, per-class CSV, the metrics
+MLflow receives) and the show5 picture of its data."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mnist_sweep import tracking
+from mnist_sweep.data import CLASS_NAMES
 from mnist_sweep.evaluation import Predictions, confident_mistakes, summarize
 
 
@@ -160,3 +165,39 @@ def write_report(
     files.append(folder / "evaluation.json")
     files[-1].write_text(json.dumps(evaluation, indent=2))
     return files, metrics
+
+
+def report_and_log(
+    predictions: Predictions,
+    folder: Path,
+    history: Sequence[dict[str, float]] = (),
+    class_names: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """Write the evaluation report of `predictions` and log it to the active MLflow run."""
+    started = time.perf_counter()
+    files, metrics = write_report(folder, predictions, list(class_names or CLASS_NAMES),
+                                         history)  # fmt: skip
+    metrics["evaluation_time_s"] = time.perf_counter() - started
+    tracking.log_metrics(metrics)
+    tracking.log_artifacts(files, "evaluation")
+    return metrics
+
+
+def show5_png(
+    images: torch.Tensor, labels: torch.Tensor, names: Sequence[str] = CLASS_NAMES
+) -> bytes:
+    """A PNG of the first five images with their labels above them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(1, 5, figsize=(7.5, 1.9))
+    for axis, image, label in zip(axes, images[:5], labels[:5], strict=True):
+        axis.imshow(image.reshape(28, 28).cpu().numpy(), cmap="gray")
+        axis.set_title(f"label {names[int(label)]}", fontsize=9)
+        axis.axis("off")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()

@@ -158,12 +158,9 @@ def once_more_if_raced(write: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return write(*args, **kwargs)
 
 
-SWEEP_ID = "mnist_sweep.sweep_id"
-TRIAL = "mnist_sweep.trial"
+# What a run is: a single run has none; "trial", "confirmation", "sweep" (a sweep's parent
+# run, mnist_sweep/sweep/records.py) or "evaluation" (mnist_sweep/evaluate.py).
 ROLE = "mnist_sweep.role"
-OWNER = "mnist_sweep.owner"
-TRIAL_NUMBER = "mnist_sweep.trial_number"  # the Optuna trial number (Hydra's job number)
-PRUNED_AT_EPOCH = "mnist_sweep.pruned_at_epoch"  # on a trial's run that its pruner stopped
 
 
 def client_for(config: MlflowConfig) -> tuple[mlflow.MlflowClient, str]:

@@ -129,6 +129,14 @@ def make_ema(model: Network, decay: float) -> torch.optim.swa_utils.AveragedMode
     return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=average, use_buffers=True)
 
 
+class StoppedEarly(Exception):
+    """Raised by an `on_epoch` hook to stop training after `epoch` (a sweep's pruner does)."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"stopped after epoch {epoch}")
+        self.epoch = epoch
+
+
 def fit(
     model: Network,
     train_batches: Batches,
@@ -139,7 +147,8 @@ def fit(
     on_epoch: Callable[[EpochMetrics], None] = lambda metrics: None,
     augment: Augment | None = None,
 ) -> list[EpochMetrics]:
-    """Train for `trainer.epochs`, evaluating on the validation batches after each epoch.
+    """Train for `trainer.epochs`, evaluating on the validation batches after each epoch;
+    `on_epoch` may raise StoppedEarly.
 
     With `trainer.ema_decay` the averaged weights are the ones validated, and `model` ends
     holding them.

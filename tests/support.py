@@ -42,6 +42,7 @@ from optuna.trial import TrialState
 
 from mnist_sweep.config import DatasetName, register_schema
 from mnist_sweep.data import DATASETS
+from mnist_sweep.sweep import plugin
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
@@ -61,6 +62,7 @@ needs_fashion_mnist = pytest.mark.skipif(
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """The composed config of `python run.py <overrides>`, without Hydra's own node."""
     register_schema()
+    plugin.register()
     with initialize_config_dir(config_dir=str(CONF_DIR)):
         return compose(config_name="config", overrides=overrides or [])
 

@@ -15,6 +15,7 @@ from mnist_sweep.config import (
     register_schema,
     to_run_config,
 )
+from mnist_sweep.sweep import plugin
 
 from tests.support import CONF_DIR, compose_config
 
@@ -53,6 +54,7 @@ def test_an_experiment_switches_groups_and_still_takes_shell_overrides() -> None
 
 def test_cnn_sweep_searches_the_cnn_in_its_own_study() -> None:
     register_schema()
+    plugin.register()
     with initialize_config_dir(config_dir=str(CONF_DIR)):
         cfg = compose("config", ["sweep=cnn_small", *VALID], return_hydra_config=True)
     assert cfg.model.arch == "cnn" and cfg.hydra.sweeper.study_name == "cnn_small"

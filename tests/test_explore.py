@@ -5,7 +5,8 @@ from pathlib import Path
 import torch
 
 from mnist_sweep.data import DataFiles, torchvision_dataset
-from mnist_sweep.explore import describe, main, show5_png
+from mnist_sweep.explore import describe, main
+from mnist_sweep.report import show5_png
 
 from tests.support import needs_fashion_mnist
 

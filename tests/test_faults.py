@@ -12,7 +12,6 @@ import signal
 import subprocess
 import threading
 import time
-import types
 from pathlib import Path
 
 import mlflow
@@ -207,8 +206,8 @@ def test_mlflow_mirrors_the_study_and_only_complete_trials_are_kept_from(tmp_pat
         trial = study_.ask()
         if state is not TrialState.RUNNING:
             study_.tell(trial, 0.9 if state is TrialState.COMPLETE else None, state=state)
-        run = client.create_run(experiment, tags={tracking.SWEEP_ID: "s", tracking.ROLE: "trial",
-                                                  tracking.TRIAL_NUMBER: str(number)})  # fmt: skip
+        run = client.create_run(experiment, tags={records.SWEEP_ID: "s", tracking.ROLE: "trial",
+                                                  records.TRIAL_NUMBER: str(number)})  # fmt: skip
         client.log_metric(run.info.run_id, "val_accuracy", 0.9 + number / 100)
         if status != "RUNNING":
             client.set_terminated(run.info.run_id, status)
@@ -233,19 +232,16 @@ def test_a_heartbeat_goes_on_through_database_errors() -> None:
             if self.calls <= 3:
                 raise optuna.exceptions.StorageInternalError("the database is away")
 
-    class Study:
-        _storage = Flaky()
-
-    trial = types.SimpleNamespace(number=0, _trial_id=0)
+    storage = Flaky()
     stop = threading.Event()
-    thread = threading.Thread(target=liveness.beat, args=(Study(), trial, 0.01, stop))
+    thread = threading.Thread(target=liveness.beat, args=(storage, 0, 0, 0.01, stop))
     thread.start()
     deadline = time.monotonic() + 10
-    while Study._storage.calls < 6 and time.monotonic() < deadline:
+    while storage.calls < 6 and time.monotonic() < deadline:
         time.sleep(0.01)
     stop.set()
     thread.join()
-    assert Study._storage.calls >= 6  # Optuna's own thread would have ended at the first error
+    assert storage.calls >= 6  # Optuna's own thread would have ended at the first error
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@ import logging
 
 import optuna
 
-from mnist_sweep import progress
+from mnist_sweep import console
+from mnist_sweep.sweep import progress
 
 
 class Terminal(io.StringIO):
@@ -16,18 +17,18 @@ class Terminal(io.StringIO):
 
 
 def emitted(stream: io.StringIO, bars: bool, monkeypatch, **extra: bool) -> str:
-    monkeypatch.setattr(progress, "bars_shown", lambda: bars)
-    handler = progress.ConsoleHandler(stream)
+    monkeypatch.setattr(console, "bars_shown", lambda: bars)
+    handler = console.ConsoleHandler(stream)
     handler.emit(logging.makeLogRecord({"msg": "epoch 1/6", **extra}))
     return stream.getvalue()
 
 
 def test_a_line_that_a_bar_shows_is_left_to_the_log_file(monkeypatch) -> None:
-    assert emitted(Terminal(), True, monkeypatch, **progress.SHOWN_ON_BAR) == ""
+    assert emitted(Terminal(), True, monkeypatch, **console.SHOWN_ON_BAR) == ""
     assert emitted(Terminal(), True, monkeypatch) == "epoch 1/6\n"
     # Without a bar, or into a file, every line is written.
-    assert emitted(Terminal(), False, monkeypatch, **progress.SHOWN_ON_BAR) == "epoch 1/6\n"
-    assert emitted(io.StringIO(), True, monkeypatch, **progress.SHOWN_ON_BAR) == "epoch 1/6\n"
+    assert emitted(Terminal(), False, monkeypatch, **console.SHOWN_ON_BAR) == "epoch 1/6\n"
+    assert emitted(io.StringIO(), True, monkeypatch, **console.SHOWN_ON_BAR) == "epoch 1/6\n"
 
 
 def test_trials_bar_logs_a_line_per_update_without_a_terminal(monkeypatch, caplog) -> None:

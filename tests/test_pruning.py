@@ -15,6 +15,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
+from mnist_sweep.sweep.job import Pruned
+from mnist_sweep.sweep.liveness import Liveness
 from mnist_sweep.sweep.pruning import make_pruner
 from mnist_sweep.sweep.sweeper import ResumableOptunaSweeperImpl
 
@@ -132,7 +134,7 @@ class TimedLauncher:
         with self.lock:
             self.ended.append(initial_job_idx)
         if initial_job_idx in self.pruned:
-            return [JobReturn(status=JobStatus.FAILED, _return_value=optuna.TrialPruned())]
+            return [JobReturn(status=JobStatus.COMPLETED, _return_value=Pruned(epoch=1))]
         return [JobReturn(status=JobStatus.COMPLETED, _return_value=0.5)]
 
 
@@ -143,10 +145,11 @@ def test_a_freed_slot_is_refilled_without_waiting_for_the_slowest_trial() -> Non
         storage=None, study_name=None, n_trials=5, n_jobs=2, max_failure_rate=0.0,
         custom_search_space=None, params=None,
     )  # fmt: skip
-    sweeper.launcher = launcher
-    sweeper.config = None
-    study = optuna.create_study(direction="maximize")
-    sweeper._run_trials(study, ({"x": FloatDistribution(0, 1)}, {}, []), sweeper.n_trials)
+    sweeper.launcher, sweeper.config, sweeper.identity = launcher, None, "timed"
+    storage = optuna.storages.InMemoryStorage()
+    sweeper.liveness = Liveness(storage, on_failed=lambda study, trial: None)
+    study = optuna.create_study(direction="maximize", storage=storage)
+    sweeper._run_trials(study, ({"x": FloatDistribution(0, 1)}, {}, []), sweeper.n_trials, "trial")
     # Trials 1-4 ran one after another in the second slot while trial 0 held the first.
     assert launcher.ended == [1, 2, 3, 4, 0]
     assert [trial.state for trial in study.trials] == [

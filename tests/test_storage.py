@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mnist_sweep.config import register_schema
-from mnist_sweep.sweep import liveness
+from mnist_sweep.sweep import liveness, plugin
 from mnist_sweep.sweep.checks import check_sweeper
 from mnist_sweep.sweep.errors import SweepError
 from mnist_sweep.sweep.storage import database_url, make_storage
@@ -20,6 +20,7 @@ from tests.support import CONF_DIR
 
 def test_heartbeat_settings_are_sweeper_options_with_defaults() -> None:
     register_schema()
+    plugin.register()
     with initialize_config_dir(config_dir=str(CONF_DIR)):
         default = compose("config", return_hydra_config=True).hydra.sweeper
         changed = compose("config", ["hydra.sweeper.heartbeat_interval=5"],
@@ -38,8 +39,8 @@ def test_a_database_url_gets_optuna_heartbeats(tmp_path: Path) -> None:
     storage = make_storage(f"sqlite:///{tmp_path}/optuna.db", 2, 7)
     assert isinstance(storage, optuna.storages.RDBStorage)
     assert (storage.heartbeat_interval, storage.grace_period) == (2, 7)
-    # A study wraps the storage in a cache; heartbeats still reach the database through it.
-    assert liveness.heartbeat_interval(optuna.create_study(storage=storage)) == 2
+    assert liveness.heartbeat_interval(storage) == 2
+    assert liveness.heartbeat_interval(optuna.storages.InMemoryStorage()) is None
 
 
 def test_the_journal_config_is_instantiated(tmp_path: Path) -> None:
@@ -59,6 +60,7 @@ def test_bad_heartbeat_settings_are_refused_by_name(
     interval: int, grace: int, message: str
 ) -> None:
     register_schema()
+    plugin.register()
     overrides = [f"hydra.sweeper.heartbeat_interval={interval}",
                  f"hydra.sweeper.grace_period={grace}"]  # fmt: skip
     with initialize_config_dir(config_dir=str(CONF_DIR)):

@@ -200,7 +200,7 @@ def test_a_parent_kept_before_an_older_one_appeared_gives_way_and_its_trials_mov
     worker, whose clock put its parent first, sees both and must delete that one."""
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.create_experiment("race")
-    tags = {tracking.SWEEP_ID: "race/study", tracking.ROLE: "sweep"}
+    tags = {records.SWEEP_ID: "race/study", tracking.ROLE: "sweep"}
     newer = client.create_run(experiment, tags=tags, start_time=2)
     assert records.keep_one_parent(client, experiment, "race/study").info.run_id == (
         newer.info.run_id
@@ -277,7 +277,8 @@ def test_comma_lists_run_a_plain_grid_apart_from_the_study(data_root: Path, tmp_
 
 
 def test_abandoned_trials_are_those_of_dead_or_missing_owners(monkeypatch) -> None:
-    study = optuna.create_study()
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage)
     trial = study.ask()
     frozen = lambda: study.get_trials(deepcopy=False)[0]  # noqa: E731
     assert not liveness.is_abandoned(frozen(), by_pid=True)  # just asked: being claimed
@@ -292,7 +293,7 @@ def test_abandoned_trials_are_those_of_dead_or_missing_owners(monkeypatch) -> No
     assert liveness.is_abandoned(frozen(), by_pid=True)
     assert not liveness.is_abandoned(frozen(), by_pid=False)  # heartbeats judge it instead
     failed = []
-    liveness.fail_abandoned_trials(study, lambda _, trial: failed.append(trial.number))
+    liveness.Liveness(storage, lambda _, trial: failed.append(trial.number)).fail_abandoned(study)
     assert failed == [0]
     assert study.trials[0].state is TrialState.FAIL
 

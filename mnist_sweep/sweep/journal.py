@@ -10,15 +10,16 @@ whole record.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from optuna.storages.journal import JournalFileBackend
-from optuna.storages.journal._file import get_lock_file
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
 log = logging.getLogger(__name__)
 
@@ -28,24 +29,33 @@ class HealingJournalFileBackend(JournalFileBackend):
     that a crash left when it opens."""
 
     def __init__(self, file_path: str, lock_obj: Any = None) -> None:
-        super().__init__(file_path, lock_obj)
-        # get_lock_file is Optuna's own (private) helper for its lock objects: the same lock
-        # its appends take, so no other process writes while we look.
-        with get_lock_file(self._lock):
+        # The lock Optuna would make, kept here: every append and the look below take it, so
+        # no other process writes while we look.
+        self.path, self.lock = file_path, lock_obj or JournalFileSymlinkLock(file_path)
+        super().__init__(file_path, self.lock)
+        with self.locked():
             set_aside_damage(Path(file_path))
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        self.lock.acquire()
+        try:
+            yield
+        finally:
+            self.lock.release()
+
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        with get_lock_file(self._lock):
-            size = os.path.getsize(self._file_path)
+        with self.locked():
+            size = os.path.getsize(self.path)
             records = "".join(json.dumps(record, separators=(",", ":")) + "\n" for record in logs)
             try:
-                with open(self._file_path, "ab") as journal:
+                with open(self.path, "ab") as journal:
                     journal.write(records.encode())
                     journal.flush()
                     os.fsync(journal.fileno())
             except BaseException:
                 # A full disk (or Ctrl-C) mid-write: nothing of these records stays.
-                os.truncate(self._file_path, size)
+                os.truncate(self.path, size)
                 raise
 
 

@@ -22,10 +22,11 @@ import mlflow
 from mlflow.entities import LoggedModel
 from mlflow.entities.model_registry import ModelVersion
 
-from mnist_sweep import tracking
 from mnist_sweep.config import Promote, SweepConfig
+from mnist_sweep.objective import METRIC
 from mnist_sweep.serving import CHECKPOINT_IN_MODEL
-from mnist_sweep.sweep.objective import METRIC
+from mnist_sweep.sweep import records
+from mnist_sweep.tracking import once_more_if_raced
 
 log = logging.getLogger(__name__)
 # The version tags that say what a champion was chosen on; comparable versions agree on these.
@@ -67,16 +68,14 @@ def keep_best(
     version = register(client, best, logged.model_id, config.registered_model)
     aliases = [sweep_alias(sweep_id)] if sweep_id else []
     for alias in aliases:  # workers of one sweep ending together set it at once
-        tracking.once_more_if_raced(
-            client.set_registered_model_alias, version.name, alias, version.version
-        )
+        once_more_if_raced(client.set_registered_model_alias, version.name, alias, version.version)
     for key, value in {**basis(best), **(confirmed or {})}.items():
         client.set_model_version_tag(version.name, version.version, TAG(key), value)
     if promote(client, version, config.alias, config.promote):
         aliases.append(config.alias)
     log.info(
-        "Kept trial %s (val_accuracy %.4f, test_accuracy %.4f) in %s; registered as %s v%s%s",
-        best.data.tags.get(tracking.TRIAL), best.data.metrics[METRIC],
+        "Kept trial %s (%s %.4f, test_accuracy %.4f) in %s; registered as %s v%s%s",
+        best.data.tags.get(records.TRIAL), METRIC, best.data.metrics[METRIC],
         best.data.metrics["test_accuracy"], folder, version.name, version.version,
         "".join(f" @{alias}" for alias in aliases),
     )  # fmt: skip
@@ -91,7 +90,7 @@ def copy_out(
     with tempfile.TemporaryDirectory() as download:
         shutil.copy(client.download_artifacts(best.info.run_id, "config.yaml", download), folder)
         shutil.copy(download_checkpoint(client, logged, download), folder / "model.pt")
-    summary = {"run_id": best.info.run_id, "trial": best.data.tags.get(tracking.TRIAL),
+    summary = {"run_id": best.info.run_id, "trial": best.data.tags.get(records.TRIAL),
                **best.data.metrics}  # fmt: skip
     (folder / "metrics.json").write_text(json.dumps(summary, indent=2))
 
@@ -145,9 +144,7 @@ def promote(client: mlflow.MlflowClient, version: ModelVersion, alias: str, rule
         return False
     # Of two workers promoting at once, both found no champion: one adds the alias, the other
     # may fail on the duplicate key, and sets it once more (a race tests/test_scale_out.py forces).
-    tracking.once_more_if_raced(
-        client.set_registered_model_alias, version.name, alias, version.version
-    )
+    once_more_if_raced(client.set_registered_model_alias, version.name, alias, version.version)
     return True
 
 

@@ -27,7 +27,8 @@ class ResumableOptunaSweeper(OptunaSweeper):
         self.options = {"sampler": sampler, "pruner": pruner, **options}
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
-        from mnist_sweep.sweep import checks, objective
+        from mnist_sweep import objective
+        from mnist_sweep.sweep import checks
         from mnist_sweep.sweep.errors import one_line_errors
         from mnist_sweep.sweep.pruning import make_pruner
         from mnist_sweep.sweep.sampling import make_sampler
@@ -45,5 +46,9 @@ class ResumableOptunaSweeper(OptunaSweeper):
 
 
 def register() -> None:
-    """Let Hydra instantiate ResumableOptunaSweeper (it lives outside hydra_plugins)."""
+    """Let Hydra instantiate ResumableOptunaSweeper (it lives outside hydra_plugins), and make
+    its schema `hydra/sweeper: resumable_optuna` available to conf/config.yaml's defaults."""
+    from mnist_sweep.sweep.schema import register_schema
+
     Plugins.instance().register(ResumableOptunaSweeper)
+    register_schema()

@@ -11,16 +11,16 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import TrialState
 
 from mnist_sweep.config import MlflowConfig
-from mnist_sweep.tracking import (
-    OWNER,
-    ROLE,
-    SWEEP_ID,
-    TRIAL,
-    TRIAL_NUMBER,
-    client_for,
-)
+from mnist_sweep.sweep.liveness import OWNER
+from mnist_sweep.tracking import ROLE, client_for
 
 log = logging.getLogger(__name__)
+# The tags of a sweep's runs (besides tracking.ROLE and liveness.OWNER, the "host:pid" of the
+# process that asked for the trial).
+SWEEP_ID = "mnist_sweep.sweep_id"  # the study's name, or the grid's folder
+TRIAL = "mnist_sweep.trial"  # the trial's output folder, relative to the sweep's
+TRIAL_NUMBER = "mnist_sweep.trial_number"  # the Optuna trial number (Hydra's job number)
+PRUNED_AT_EPOCH = "mnist_sweep.pruned_at_epoch"  # on a trial's run that its pruner stopped
 # What a trial's MLflow run ends as, for each state Optuna gave its trial.
 RUN_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED",
               TrialState.FAIL: "FAILED"}  # fmt: skip

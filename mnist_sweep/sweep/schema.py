@@ -9,10 +9,14 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 
+from mnist_sweep import objective
+
 
 @dataclass
 class ResumableOptunaSweeperConf(OptunaSweeperConf):
     _target_: str = "mnist_sweep.sweep.plugin.ResumableOptunaSweeper"
+    # The objective's own direction (mnist_sweep/objective.py); checks.py refuses another.
+    direction: Any = objective.DIRECTION
     # With a database storage, each worker records a heartbeat of its running trials every
     # `heartbeat_interval` seconds; a trial silent for `grace_period` seconds is failed and
     # replaced by any worker, on any host (Optuna's heartbeat mechanism).

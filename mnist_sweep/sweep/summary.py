@@ -13,8 +13,8 @@ import mlflow
 import optuna
 
 from mnist_sweep import tracking
-from mnist_sweep.sweep import confirm
-from mnist_sweep.sweep.objective import METRIC as OBJECTIVE
+from mnist_sweep.objective import METRIC as OBJECTIVE
+from mnist_sweep.sweep import confirm, records
 
 log = logging.getLogger(__name__)
 PRUNED_AT = "pruned_at_epoch"
@@ -25,7 +25,7 @@ def reported(trials: list[mlflow.entities.Run], study: optuna.Study) -> list[mlf
     done = {str(trial.number) for trial in study.get_trials(
         deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     )}  # fmt: skip
-    return [run for run in trials if run.data.tags.get(tracking.TRIAL_NUMBER) in done]
+    return [run for run in trials if run.data.tags.get(records.TRIAL_NUMBER) in done]
 
 
 def trial_table(trials: list[mlflow.entities.Run]) -> list[dict[str, object]]:
@@ -36,10 +36,10 @@ def trial_table(trials: list[mlflow.entities.Run]) -> list[dict[str, object]]:
         if len({run.data.params.get(key) for run in trials}) > 1
     )  # fmt: skip
     rows = [
-        {"trial": run.data.tags[tracking.TRIAL], "run_id": run.info.run_id,
+        {"trial": run.data.tags[records.TRIAL], "run_id": run.info.run_id,
          OBJECTIVE: run.data.metrics.get(OBJECTIVE), "test_accuracy":
          run.data.metrics.get("test_accuracy"), PRUNED_AT: run.data.tags.get(
-         tracking.PRUNED_AT_EPOCH, ""), **{k: run.data.params.get(k) for k in varying}}
+         records.PRUNED_AT_EPOCH, ""), **{k: run.data.params.get(k) for k in varying}}
         for run in trials
     ]  # fmt: skip
     return sorted(rows, key=lambda row: (bool(row[PRUNED_AT]), -(row[OBJECTIVE] or 0.0)))
@@ -139,7 +139,7 @@ def log_confirmations(
     """The confirmations' table and the chosen configuration on the parent run; returns the
     chosen configuration's search trial (the only one eligible to be kept) and the version
     tags that say what it was chosen on."""
-    tests = {run.data.tags.get(tracking.TRIAL_NUMBER): run.data.metrics.get("test_accuracy")
+    tests = {run.data.tags.get(records.TRIAL_NUMBER): run.data.metrics.get("test_accuracy")
              for run in confirmations}  # fmt: skip
     rows = [
         {"trial": c.trial.number, "search_" + OBJECTIVE: c.trial.value, "seed": seed,
@@ -173,4 +173,4 @@ def log_confirmations(
         ),
     }
     number = str(chosen.trial.number)
-    return [run for run in trials if run.data.tags.get(tracking.TRIAL_NUMBER) == number], tags
+    return [run for run in trials if run.data.tags.get(records.TRIAL_NUMBER) == number], tags

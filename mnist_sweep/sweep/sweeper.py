@@ -24,6 +24,23 @@ Differences from `hydra_plugins.hydra_optuna_sweeper` (whose search-space parsin
 - the sweep's MLflow parent run, its summary and its kept model are made here, not in a Hydra
   callback (whose errors Hydra turns into warnings); the study decides what each trial is,
   and MLflow's runs are set to agree with it at the start and at the end (records.py).
+
+Why the loop is ours and not `Study.optimize(objective, n_jobs=...)` with Optuna's callbacks.
+Optuna 5.0's optimize (optuna/study/_optimize.py, storages/_heartbeat.py) cannot carry a Hydra
+sweep as this one must run:
+- with n_jobs > 1 it runs trials in a ThreadPoolExecutor whose `with` block waits for every
+  running trial on exit: Ctrl-C or SIGTERM cannot fail the trials in flight and end the sweep
+  until they finish (a trial's job may train for hours, or run in a SLURM job);
+- its `n_trials` counts this call's trials, failed ones included, in this process only:
+  failed trials are not replaced and cooperating processes overshoot. MaxTrialsCallback
+  counts the whole study but runs only after a trial ends, so n_jobs > 1 starts up to
+  n_jobs - 1 extra trials; here `missing()` counts trials RUNNING anywhere before each ask;
+- its heartbeat thread (HeartbeatThread._record_heartbeat) has no error handling: the first
+  database error ends it, and the live trial is failed as stale by another worker;
+- it reseeds the sampler per thread, not per trial number.
+What Optuna does offer is used as it is: study.ask and study.tell(skip_if_finished=True),
+fail_stale_trials with the storage's stale-trial callback, RDBStorage's heartbeats (recorded by
+liveness.py), its samplers and pruners, and Hydra's launchers and job returns.
 """
 
 from __future__ import annotations
@@ -40,11 +57,17 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+
+# Private to Hydra, with no public name: its default launcher (whose in-process jobs cannot
+# share the sweep's process: _slots) and its basic sweeper (which runs a plain grid).
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep
-from hydra.core.utils import JobReturn
+from hydra.core.utils import JobReturn, JobStatus
+
+# The Optuna sweeper plugin's implementation is a private module (the plugin offers no public
+# extension point): we extend its class to reuse its parsing of the search space.
 from hydra_plugins.hydra_optuna_sweeper._impl import (
     OptunaSweeperImpl,
     create_params_from_overrides,
@@ -52,12 +75,13 @@ from hydra_plugins.hydra_optuna_sweeper._impl import (
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from mnist_sweep import objective
 from mnist_sweep.config import ConfigError, RunConfig, to_run_config
 from mnist_sweep.masking import masked
-from mnist_sweep.progress import TrialsBar
-from mnist_sweep.sweep import checks, confirm, fingerprint, liveness, objective, records
+from mnist_sweep.sweep import checks, confirm, fingerprint, liveness, records
 from mnist_sweep.sweep.errors import SweepError, one_line_errors
-from mnist_sweep.sweep.job import CONFIRM_PREFIX, CONFIRM_STUDY, GRID_PREFIX, sweep_id
+from mnist_sweep.sweep.job import CONFIRM_PREFIX, CONFIRM_STUDY, GRID_PREFIX, Pruned, Told, sweep_id
+from mnist_sweep.sweep.progress import TrialsBar
 from mnist_sweep.sweep.storage import make_storage, storage_name
 
 log = logging.getLogger(__name__)
@@ -120,7 +144,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         # database's tables are never made for a sweep that cannot run.
         super().__init__(storage=None, **options)
         self.storage_config = storage
-        self.liveness = (heartbeat_interval, grace_period)
+        self.heartbeats = (heartbeat_interval, grace_period)
         self.pruner = pruner
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
@@ -150,7 +174,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                  missing(study, self.n_trials), self.n_trials)  # fmt: skip
         try:
             with one_line_errors("The sweep stopped"):
-                self._run_trials(study, space, self.n_trials)
+                self._run_trials(study, space, self.n_trials, "trial")
                 confirmed = self._confirm(study, space, run_config)
         except BaseException:
             records.close_after_fault(self.client, self.experiment, self.identity, study, parent)
@@ -169,7 +193,8 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         checks.probe_storage(self.storage_config)
         checks.probe_tracking(run_config.mlflow.tracking_uri)
         with one_line_errors(f"hydra.sweeper.storage={storage_name(self.storage_config)}"):
-            self.storage = make_storage(self.storage_config, *self.liveness, self._worker_gone)
+            self.storage = make_storage(self.storage_config, *self.heartbeats, self._worker_gone)
+        self.liveness = liveness.Liveness(self.storage, self._worker_gone)
         with one_line_errors(f"mlflow.tracking_uri={masked(run_config.mlflow.tracking_uri)}"):
             from mnist_sweep import tracking
 
@@ -179,6 +204,8 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
     def _search_space(self, arguments: list[str]) -> tuple:
         """The search space's distributions, fixed params and overrides; a bad interval or
         choice names its key."""
+        # The plugin's private parsing of hydra.sweeper.params and custom_search_space, as
+        # the plugin itself calls it.
         self._process_searchspace_config()
         overrides = [*self._parse_sweeper_params_config(), *arguments]
         for override in overrides:
@@ -195,7 +222,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         with one_line_errors(f"hydra.sweeper.storage={storage_name(self.storage_config)}"):
             study = self._load_or_create_study()
             fingerprint.check_or_record(study, settings)
-            liveness.fail_abandoned_trials(study, self._worker_gone)
+            self.liveness.fail_abandoned(study)
         return study
 
     def _load_or_create_study(self) -> optuna.Study:
@@ -207,7 +234,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         except KeyError:
             return optuna.create_study(
                 study_name=self.study_name, storage=self.storage, sampler=self.sampler,
-                pruner=self.pruner, directions=self._get_directions(), load_if_exists=True,
+                pruner=self.pruner, direction=objective.DIRECTION, load_if_exists=True,
             )  # fmt: skip
 
     def _confirm(
@@ -229,13 +256,14 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
 
         def ask(study_: optuna.Study) -> optuna.Trial:
             confirm.enqueue_missing(study_, tops, seeds)
-            return liveness.ask(study_)
+            return self.liveness.ask(study_)
 
         distributions, fixed, fixed_overrides = space
         subdir = f"hydra.sweep.subdir={CONFIRM_PREFIX}${{hydra.job.num}}"
         confirm_space = (confirm.space_with_seeds(distributions, seeds), fixed,
                          [*fixed_overrides, subdir])  # fmt: skip
-        self._run_trials(confirmations, confirm_space, len(tops) * len(seeds), ask)
+        self._run_trials(confirmations, confirm_space, len(tops) * len(seeds), "confirmation",
+                         ask)  # fmt: skip
         records.mirror_study(self.client, self.experiment, self.identity, confirmations,
                              "confirmation")  # fmt: skip
         return confirm.candidates(confirmations, tops)
@@ -266,13 +294,15 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         self.client.set_terminated(parent.info.run_id, "FINISHED")
 
     def _run_trials(
-        self, study: optuna.Study, space: tuple, n_trials: int, ask: Callable = liveness.ask
-    ) -> None:
+        self, study: optuna.Study, space: tuple, n_trials: int, role: str,
+        ask: Callable | None = None,
+    ) -> None:  # fmt: skip
         """Keep `slots` trials in flight, asking for the next as soon as one ends (no batch
         waits for its slowest trial), until n_trials are complete or pruned.
 
         If interrupted (Ctrl-C), the unfinished trials are told FAIL before it stops.
         """
+        ask, told = ask or self.liveness.ask, Told(self.identity, study.study_name, role)
         slots, in_flight, failures = self._slots(), set(), 0
         trials_bar = TrialsBar(study, n_trials)
         finished: queue.SimpleQueue = queue.SimpleQueue()  # (trial, its JobReturn or error)
@@ -281,7 +311,8 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                 while len(in_flight) < slots and missing(study, n_trials) > 0:
                     with interrupts_deferred():
                         in_flight.add(trial := ask(study))
-                    overrides = self._configure_trials([trial], *space)[0]
+                    # The plugin's private step from a trial's params to a job's overrides.
+                    overrides = [*self._configure_trials([trial], *space)[0], told.override()]
                     self._start(study, trial, overrides, finished, threaded=slots > 1)
                 if not in_flight:
                     if not running(study):
@@ -289,7 +320,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                     # Other processes' trials are in flight: wait, in case one fails and
                     # needs replacing, so that every process ends with n_trials done.
                     time.sleep(WAIT_FOR_OTHERS_S)
-                    liveness.fail_abandoned_trials(study, self._worker_gone)
+                    self.liveness.fail_abandoned(study)
                     continue
                 trial, result = finished.get()
                 in_flight.remove(trial)
@@ -321,7 +352,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
 
         def launch() -> None:
             try:
-                with liveness.heartbeat(study, trial, self._worker_gone):
+                with self.liveness.heartbeat(study, trial):
                     [result] = self.launcher.launch([overrides], initial_job_idx=trial.number)
             except Exception as error:  # the launcher's own failure: the sweep stops
                 result = error
@@ -366,7 +397,8 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         grid.hydra_context, grid.config, grid.launcher = (
             self.hydra_context, self.config, self.launcher
         )  # fmt: skip
-        grid.sweep([*arguments, f"hydra.sweep.subdir={name}/${{hydra.job.num}}"])
+        grid.sweep([*arguments, f"hydra.sweep.subdir={name}/${{hydra.job.num}}",
+                    Told(grid_id).override()])  # fmt: skip
         trials = records.sweep_runs(self.client, self.experiment, grid_id, "trial", "FINISHED")
         folder = Path(self.config.hydra.sweep.dir) / name / "best"
         keep_best(self.client, trials, run_config.sweep, folder, grid_id)
@@ -390,13 +422,11 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn | BaseExcep
 
 def outcome(trial: optuna.Trial, result: JobReturn) -> tuple[TrialState, float | None]:
     """What a job's return says of its trial: PRUNED, FAIL (its error logged) or COMPLETE."""
-    # JobReturn._return_value is private; the public return_value re-raises a job's
-    # exception, logging it as an error, which a pruned trial is not.
-    if isinstance(result._return_value, optuna.TrialPruned):
+    if result.status is JobStatus.COMPLETED and isinstance(result.return_value, Pruned):
         # As in Optuna's optimize, a pruned trial's value is its last reported one.
         return TrialState.PRUNED, None
     try:
-        value = float(result.return_value)
+        value = float(result.return_value)  # a failed job's return_value raises its error
         if not math.isfinite(value):
             raise ValueError(f"objective {objective.METRIC} is {value}")
     except Exception as error:

@@ -1,45 +1,17 @@
-"""Progress on a terminal as bars (one per run, one for a sweep's trials), in log files as lines.
-
-conf/config.yaml makes `ConsoleHandler` Hydra's console handler: it writes through tqdm, so
-that log lines print above the bars instead of breaking them, and leaves a line that a bar
-already shows to the log file.
-"""
+"""A sweep's progress: its finished trials against n_trials, as a bar on a terminal (below
+which each trial's epoch bar comes and goes), else as a log line per finished trial."""
 
 from __future__ import annotations
 
 import logging
-import sys
-from typing import TYPE_CHECKING
 
+import optuna
+from optuna.trial import TrialState
 from tqdm import tqdm
 
-if TYPE_CHECKING:
-    import optuna
+from mnist_sweep.console import bars_shown
 
 log = logging.getLogger(__name__)
-# `extra` of a log record that a progress bar also shows.
-SHOWN_ON_BAR = {"shown_on_bar": True}
-
-
-def bars_shown() -> bool:
-    """Bars go to stderr, and only to a terminal."""
-    return sys.stderr.isatty()
-
-
-class ConsoleHandler(logging.StreamHandler):
-    """Hydra's console handler, made to share the terminal with tqdm's bars."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        on_terminal = self.stream.isatty() and bars_shown()
-        if on_terminal and getattr(record, "shown_on_bar", False):
-            return
-        if not on_terminal:
-            super().emit(record)
-            return
-        try:
-            tqdm.write(self.format(record), file=self.stream)
-        except Exception:
-            self.handleError(record)
 
 
 class TrialsBar:
@@ -54,8 +26,6 @@ class TrialsBar:
 
     def update(self) -> None:
         """Show the study as it is now: trials done (complete or pruned), failed, best."""
-        from optuna.trial import TrialState
-
         trials = self.study.get_trials(deepcopy=False)
         done = sum(trial.state in (TrialState.COMPLETE, TrialState.PRUNED) for trial in trials)
         failed = sum(trial.state is TrialState.FAIL for trial in trials)
