@@ -2,14 +2,15 @@
 
     python benchmarks/photos.py --model M [--per-condition 150] [--before REV] [--out DIR]
 
-`photographed(digit, condition, rng)` turns a 28x28 MNIST digit into a picture under one of
-CONDITIONS (uneven light, sensor noise, JPEG, paper texture, blur and rotation, thin and thick
-pens, ink colours, a page's edge and dust, a small digit in a 640x480 frame, chalk on a board,
-and all of a phone's faults at once); the tests load this module (tests/conftest.py's
-`photos`) for their realistic pictures. Run as a script, it prints the model's accuracy by
-condition through images.to_mnist (and through the to_mnist of git revision --before, in the
-same run), on the same digits as raw test tensors, and `python -m mnist_sweep.predict`'s
-images per second on a folder of the pictures (--out keeps them there).
+`handed_over(digit, rng)` turns a 28x28 MNIST digit into a clean picture (blue ink on cream
+paper), `photographed(digit, condition, rng)` into a picture under one of CONDITIONS (uneven
+light, sensor noise, JPEG, paper texture, blur and rotation, thin and thick pens, ink colours,
+a page's edge and dust, a small digit in a 640x480 frame, chalk on a board, and all of a
+phone's faults at once); the tests import both for their pictures. Run as a script, it prints
+the model's accuracy by condition through images.to_mnist (and through the to_mnist of git
+revision --before, in the same run), on the same digits as raw test tensors, and
+`python -m mnist_sweep.predict`'s images per second on a folder of the pictures (--out keeps
+them there).
 """
 
 from __future__ import annotations
@@ -31,13 +32,28 @@ from PIL import Image, ImageFilter
 from scipy import ndimage
 
 from mnist_sweep.data import DataFiles, torchvision_dataset
-from mnist_sweep.images import disk, handed_over, to_mnist
+from mnist_sweep.images import disk, to_mnist
 from mnist_sweep.predict import load_predictor
 
 REPO = Path(__file__).resolve().parents[1]
 
 PAPER = np.array([236.0, 232.0, 222.0])  # printer paper under indoor light
 INKS = {"blue": (30, 50, 150), "black": (25, 25, 30), "red": (170, 30, 35), "green": (20, 95, 50)}
+CREAM, BLUE_PEN = np.array([250, 244, 228]), np.array([25, 40, 140])  # of handed_over
+
+
+def handed_over(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """An MNIST digit (28x28 uint8) as a person might hand it over: blue ink on cream paper,
+    upscaled 3-7x, off-centre on a larger page (tests, benchmarks and the README's example)."""
+    side = 28 * int(rng.integers(3, 8))
+    upscaled = Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC)
+    ink = np.clip(np.asarray(upscaled, np.float32) / 255, 0, 1)[..., None]
+    height, width = side + rng.integers(20, 240, size=2)
+    page = np.empty((height, width, 3), np.float32)
+    page[:] = CREAM
+    top, left = rng.integers(0, height - side), rng.integers(0, width - side)
+    page[top : top + side, left : left + side] = CREAM * (1 - ink) + BLUE_PEN * ink
+    return Image.fromarray(page.round().astype(np.uint8))
 
 
 def stroke(digit: np.ndarray, side: int, pen: float = 1.0) -> np.ndarray:

@@ -1,13 +1,13 @@
 """Whole-process time of `python -m mnist_sweep.predict` on 1 image and on 1,000 image files.
 
-    python benchmarks/predict.py --model multirun/mlp/best [--repeats 3] [--samples DIR]
+    python -m benchmarks.predict --model multirun/mlp/best [--repeats 3] [--samples DIR]
 
-Writes 1,000 MNIST test digits as people hand them over (images.handed_over: PNG, blue ink
-on cream paper, upscaled 3-7x, off-centre) into a temporary folder, or into --samples DIR,
-which is kept. Times, as subprocesses, the CLI on one file and on the folder, and as the
-baseline in the same run the interpreter importing mnist_sweep.predict and torch alone; the
-median of --repeats each. Also prints the accuracy of the predictions on the 1,000 files and
-on the same digits as test tensors.
+Writes 1,000 MNIST test digits as people hand them over (handed_over of benchmarks/photos.py:
+PNG, blue ink on cream paper, upscaled 3-7x, off-centre) into a temporary folder, or into
+--samples DIR, which is kept. Times, as subprocesses, the CLI on one file and on the folder,
+and as the baseline in the same run the interpreter importing mnist_sweep.predict and torch
+alone; the median of --repeats each. Also prints the accuracy of the predictions on the 1,000
+files and on the same digits as test tensors.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from mnist_sweep.data import DataFiles, torchvision_dataset
-from mnist_sweep.images import handed_over
 from mnist_sweep.predict import load_predictor
+
+from benchmarks.photos import handed_over
 
 IMAGES = 1000
 

@@ -1,9 +1,9 @@
 """A sweep on real servers: per-trial overhead, recovery from a dead worker, SLURM workers.
 
-    python benchmarks/scale_out.py            # as root: it starts PostgreSQL as `postgres`
+    python -m benchmarks.scale_out            # as root: it starts PostgreSQL as `postgres`
                                               # and a single-node SLURM cluster
 
-Starts the servers of tests/servers.py (PostgreSQL, `mlflow server` on it, SLURM with
+Starts the servers of tests/support.py (PostgreSQL, `mlflow server` on it, SLURM with
 accounting) in temporary folders, then prints, in one run:
 1. per-trial overhead, the embedded journal + SQLite against PostgreSQL + the tracking server:
    the same small sweep on each, alternated; a trial's overhead is the time from asking for it
@@ -26,16 +26,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import mlflow
 import optuna
 from optuna.trial import TrialState
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from servers import MlflowServer, Postgres, SlurmCluster
+from tests.support import RUN_PY, MlflowServer, Postgres, SlurmCluster
 
-RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
 TRAIN = ["data.train_subset=2000", "trainer.epochs=1", "sweep.min_test_accuracy=0.5"]
 TRIALS = 4
 PSYCOPG = "postgresql+psycopg"
@@ -183,6 +180,9 @@ def main() -> None:
         f"machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}; times in one run, under the same load"
     )
+    for server in (Postgres, SlurmCluster):
+        if why := server.missing():
+            sys.exit(why)
     postgres = Postgres()
     tracking = MlflowServer(postgres.create_database("mlflow"))
     try:

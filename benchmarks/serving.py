@@ -1,6 +1,6 @@
 """Latency and throughput of the served model: `mlflow models serve --env-manager local`.
 
-    python benchmarks/serving.py [--model-uri models:/mnist_sweep_mlp@champion]
+    python -m benchmarks.serving [--model-uri models:/mnist_sweep_mlp@champion]
 
 Times mlflow.pyfunc.load_model of the model (store: MLFLOW_TRACKING_URI, ./mlflow.db by
 default), serves it on a free local port and sends MNIST test digits as JSON
@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from mnist_sweep.data import DataFiles, torchvision_dataset
-from mnist_sweep.serving import invoke, served
+
+from tests.support import invoke, served
 
 SINGLE, BATCHES, BATCH = 200, 20, 100
 

@@ -19,7 +19,6 @@ BOX_SIDE = 20  # MNIST fitted each digit's ink box into 20x20, aspect kept
 # digits (tests/test_predict.py measures it on the test set).
 CENTRE = 14.0
 MIN_CONTRAST = 0.15  # ink darker (or lighter) than the paper by less than this: no ink
-PAPER, PEN = np.array([250, 244, 228]), np.array([25, 40, 140])  # of handed_over
 # A picture is decoded whole only up to this many pixels (160 MB as RGBA): a 600 dpi A4 scan
 # is 35 million. JPEG is decoded at 1/2 to 1/8 scale first (Image.draft), so larger photos
 # pass; any other format above it is refused before decoding.
@@ -250,17 +249,3 @@ def centred(digit: np.ndarray) -> np.ndarray:
     )
     field[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
     return field
-
-
-def handed_over(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
-    """An MNIST digit (28x28 uint8) as a person might hand it over: blue ink on cream paper,
-    upscaled 3-7x, off-centre on a larger page (tests, benchmarks and the README's example)."""
-    side = 28 * int(rng.integers(3, 8))
-    upscaled = Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC)
-    ink = np.clip(np.asarray(upscaled, np.float32) / 255, 0, 1)[..., None]
-    height, width = side + rng.integers(20, 240, size=2)
-    page = np.empty((height, width, 3), np.float32)
-    page[:] = PAPER
-    top, left = rng.integers(0, height - side), rng.integers(0, width - side)
-    page[top : top + side, left : left + side] = PAPER * (1 - ink) + PEN * ink
-    return Image.fromarray(page.round().astype(np.uint8))

@@ -2,17 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -155,65 +144,3 @@ def located(model_uri: str, tracking_uri: str) -> tuple[str, str | None]:
         return client.get_logged_model(found[0]).artifact_location, None
     name, version = found
     return client.get_model_version_download_uri(name, version), version
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
-def served(model_uri: str, tracking_uri: str, log: Path) -> Iterator[str]:
-    """`mlflow models serve --env-manager local` on a free 127.0.0.1 port for the length of a
-    with block (tests, benchmarks); yields its URL, logs to `log`."""
-    port = free_port()
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
-               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
-    # The server runs `uvicorn` by name: the venv's bin/ is on PATH, as when it is activated.
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    environment = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": path}
-    with open(log, "w") as output:
-        server = subprocess.Popen(command, env=environment, stdout=output, stderr=output,
-                                  start_new_session=True)  # fmt: skip
-    try:
-        wait_until_up(f"http://127.0.0.1:{port}/ping", server, log)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
-
-
-def wait_until_up(url: str, server: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    """Poll `url` until it answers 200; an error with the server's log if it exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited: {log.read_text()[-3000:]}")
-        with (
-            contextlib.suppress(urllib.error.URLError, ConnectionError),
-            urllib.request.urlopen(url, timeout=5) as reply,
-        ):
-            if reply.status == 200:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer in {timeout} s: {log.read_text()[-3000:]}")
-
-
-def invoke(url: str, body: dict) -> tuple[int, dict]:
-    """POST `body` as JSON to the served model's /invocations: the status and the answer,
-    which must be valid JSON."""
-    request = urllib.request.Request(f"{url}/invocations", json.dumps(body).encode(),
-                                     {"Content-Type": "application/json"})  # fmt: skip
-    try:
-        with urllib.request.urlopen(request, timeout=60) as reply:
-            return reply.status, json.load(reply, parse_constant=_not_json)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error, parse_constant=_not_json)
-
-
-def _not_json(constant: str) -> None:
-    # Python's json reads NaN and Infinity, which JSON has not; the server must not write them.
-    raise ValueError(f"the answer is not valid JSON: it holds a bare {constant}")

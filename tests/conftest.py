@@ -1,28 +1,49 @@
-"""One fixture composes the real config from conf/ and shrinks it for fast, offline tests."""
+"""Fixtures: one composes the real config from conf/ and shrinks it for fast, offline tests;
+the servers start once per session. Plain helpers are in tests/support.py.
+
+Tiers (markers, pyproject.toml): `server` tests start a real server or need root, `slow` ones
+train for long or run sweeps, the rest are fast. The end of a run prints each tier's time.
+"""
 
 from __future__ import annotations
 
-import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from mnist_sweep.config import DatasetName, register_schema
-from mnist_sweep.data import DATASETS, DataFiles, torchvision_dataset
-from mnist_sweep.sweep import plugin
+from mnist_sweep.data import DataFiles, torchvision_dataset
 
-REPO = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO / "conf"
-# Where data=fashion_mnist reads from by default; CI installs Debian's package (.ci/run).
-FASHION_SOURCE = Path(DATASETS[DatasetName.fashion_mnist].source)
-needs_fashion_mnist = pytest.mark.skipif(
-    not FASHION_SOURCE.is_dir(),
-    reason=f"Fashion-MNIST is absent: {FASHION_SOURCE} comes from Debian's dataset-fashion-mnist",
+from tests.support import (
+    MlflowServer,
+    Postgres,
+    SlurmCluster,
+    compose_config,
+    small_overrides,
 )
+
+TIERS = ("fast", "slow", "server")
+
+
+def tier(keywords) -> str:
+    """A test's tier, from its markers: server before slow."""
+    return next((name for name in ("server", "slow") if name in keywords), "fast")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The suite's time by tier: setup, call and teardown of the tests run in each."""
+    seconds, tests = dict.fromkeys(TIERS, 0.0), {name: set() for name in TIERS}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if isinstance(report, pytest.TestReport):
+                seconds[tier(report.keywords)] += report.duration
+                tests[tier(report.keywords)].add(report.nodeid)
+    terminalreporter.write_sep("-", "duration by tier")
+    for name in TIERS:
+        count, spent = len(tests[name]), seconds[name]
+        terminalreporter.write_line(f"{name:>6}: {count:3d} tests, {spent:7.1f} s")
 
 
 @pytest.fixture(autouse=True)
@@ -37,26 +58,6 @@ def no_inherited_store(monkeypatch: pytest.MonkeyPatch) -> None:
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One extracted copy of MNIST for the whole session."""
     return tmp_path_factory.mktemp("data")
-
-
-def compose_config(overrides: list[str] | None = None) -> DictConfig:
-    """The composed config of `python run.py <overrides>`, without Hydra's own node."""
-    register_schema()
-    plugin.register()
-    with initialize_config_dir(config_dir=str(CONF_DIR)):
-        return compose(config_name="config", overrides=overrides or [])
-
-
-def small_overrides(data_root: Path, tmp_path: Path) -> list[str]:
-    """A run that takes about a second: a training subset, one epoch, a private MLflow store."""
-    return [
-        f"data.root={data_root}",
-        "data.train_subset=2000",
-        "data.batch_size=100",
-        "trainer.epochs=1",
-        "model.hidden_sizes=[64,32]",
-        f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-    ]
 
 
 @pytest.fixture
@@ -86,11 +87,29 @@ def test_digits(data_root: Path) -> tuple[np.ndarray, np.ndarray]:
     return test.data.numpy(), test.targets.numpy()
 
 
+def started(server_class, *args):
+    """A server of `server_class`, or the test fails with one line saying what is missing."""
+    if why := server_class.missing():
+        pytest.fail(why, pytrace=False)
+    return server_class(*args)
+
+
 @pytest.fixture(scope="session")
-def photos() -> ModuleType:
-    """benchmarks/photos.py, the generator of realistic pictures. One copy serves the tests and
-    the benchmark; benchmarks/ is a folder of scripts, not a package, so it is loaded by path."""
-    spec = importlib.util.spec_from_file_location("photos", REPO / "benchmarks" / "photos.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def postgres() -> Iterator[Postgres]:
+    server = started(Postgres)
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="session")
+def tracking_server(postgres: Postgres) -> Iterator[MlflowServer]:
+    server = MlflowServer(postgres.create_database("mlflow"))
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator[SlurmCluster]:
+    cluster = started(SlurmCluster)
+    yield cluster
+    cluster.remove()

@@ -16,7 +16,7 @@ from mnist_sweep.config import Promote
 from mnist_sweep.sweep import confirm
 from mnist_sweep.sweep.keep import TAG, promote, register, sweep_alias
 
-from sweeps import mlflow_runs, run_sweep, states, sweep_command
+from tests.support import mlflow_runs, run_sweep, states, sweep_command
 
 
 @pytest.fixture
@@ -79,6 +79,7 @@ def test_each_sweep_has_an_alias_of_its_own() -> None:
     assert sweep_alias("mlp.v2/grid_20261201-101010") == "best_mlp_v2_grid_20261201-101010"
 
 
+@pytest.mark.slow
 def test_a_resumed_study_refuses_other_settings_and_accepts_speed_only_changes(
     data_root: Path, tmp_path: Path
 ) -> None:
@@ -121,6 +122,7 @@ def test_the_confirmed_champion_is_the_best_mean_not_the_luckiest_trial() -> Non
     assert other.trial.number == 0
 
 
+@pytest.mark.slow
 def test_a_confirmed_sweep_keeps_the_best_mean_and_says_so(data_root: Path, tmp_path: Path) -> None:
     # 300 training images: seeds move validation accuracy by points, so they decide.
     done = run_sweep(tmp_path, data_root, "data.train_subset=300", "hydra.sweeper.n_trials=3",

@@ -17,7 +17,7 @@ from mnist_sweep.config import (
 )
 from mnist_sweep.sweep import plugin
 
-from conftest import CONF_DIR, compose_config
+from tests.support import CONF_DIR, compose_config
 
 VALID = ["mlflow.tracking_uri=sqlite:///mlflow.db"]
 

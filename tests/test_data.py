@@ -20,7 +20,7 @@ from mnist_sweep.data import (
     expected_digests,
 )
 
-from conftest import FASHION_SOURCE, compose_config, needs_fashion_mnist
+from tests.support import FASHION_SOURCE, compose_config, needs_fashion_mnist
 
 PACKAGED = Path(str(DATASETS[DatasetName.mnist].source))
 

@@ -14,12 +14,13 @@ import mnist_sweep
 from mnist_sweep import experiment
 from mnist_sweep.checkpoints import read_checkpoint
 from mnist_sweep.config import DatasetName
-from mnist_sweep.data import DATASETS, IMAGE_SHAPE
+from mnist_sweep.data import DATASETS
 from mnist_sweep.models import CNN
 
-from conftest import compose_config, needs_fashion_mnist, small_overrides
+from tests.support import compose_config, needs_fashion_mnist, small_overrides
 
 EPOCH_METRICS = {"train_loss", "train_accuracy", "val_loss", "val_accuracy"}
+IMAGE_SHAPE = (1, 28, 28)  # one channel, 28x28: MNIST and Fashion-MNIST
 FINAL_METRICS = {"test_loss", "test_accuracy", "wall_time_s", "train_samples_per_s"}
 
 
@@ -115,6 +116,7 @@ def test_a_failing_run_is_marked_failed_and_keeps_what_it_logged(small_cfg, tmp_
     assert run.data.params["optimizer.lr"] == "1e+30"
 
 
+@pytest.mark.slow
 def test_a_cnn_run_with_augmentation_and_ema_saves_a_loadable_cnn(small_cfg, tmp_path) -> None:
     overrides = {"model": {"arch": "cnn", "channels": [4, 8], "hidden_sizes": [16]},
                  "data": {"augment": {"rotation": 10.0, "translate": 0.1}},
@@ -128,6 +130,7 @@ def test_a_cnn_run_with_augmentation_and_ema_saves_a_loadable_cnn(small_cfg, tmp
     torch.testing.assert_close(model(torch.rand(2, *IMAGE_SHAPE)).sum(1), torch.ones(2))
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_a_fashion_mnist_run_reports_its_own_classes(data_root, tmp_path) -> None:
     cfg = compose_config(["data=fashion_mnist", *small_overrides(data_root, tmp_path)])

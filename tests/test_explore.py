@@ -8,7 +8,7 @@ from mnist_sweep.data import DataFiles, torchvision_dataset
 from mnist_sweep.explore import describe, main
 from mnist_sweep.report import show5_png
 
-from conftest import needs_fashion_mnist
+from tests.support import needs_fashion_mnist
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -24,8 +24,7 @@ from mnist_sweep.sweep import liveness, records
 from mnist_sweep.sweep.checks import REACH_S
 from mnist_sweep.sweep.journal import HealingJournalFileBackend
 
-from servers import free_port
-from sweeps import mlflow_runs, run_sweep, study, sweep_command
+from tests.support import free_port, mlflow_runs, needs_root, run_sweep, study, sweep_command
 
 BAD_OVERRIDES = [
     ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0: must be a whole number >= 1"),
@@ -57,6 +56,7 @@ def sweep_in(
                           text=True, timeout=300, **options)  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("override", "message"), BAD_OVERRIDES)
 def test_a_bad_override_ends_in_one_line_and_creates_nothing(
     data_root: Path, tmp_path: Path, override: str, message: str
@@ -65,12 +65,14 @@ def test_a_bad_override_ends_in_one_line_and_creates_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_traceback_is_there_on_request(data_root: Path, tmp_path: Path) -> None:
     done = sweep_in(tmp_path, data_root, "hydra.sweeper.n_trials=0",
                     env={**os.environ, "HYDRA_FULL_ERROR": "1"})  # fmt: skip
     assert done.returncode == 1 and "Traceback" in done.stderr and "SweepError" in done.stderr
 
 
+@pytest.mark.slow
 def test_an_unwritable_data_root_and_a_corrupt_store_end_in_one_line(
     data_root: Path, tmp_path: Path
 ) -> None:
@@ -85,6 +87,7 @@ def test_an_unwritable_data_root_and_a_corrupt_store_end_in_one_line(
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file", "mlflow.db"]
 
 
+@pytest.mark.slow
 def test_servers_that_do_not_answer_fail_the_sweep_within_the_bound_and_create_nothing(
     data_root: Path, tmp_path: Path
 ) -> None:
@@ -102,9 +105,10 @@ def test_servers_that_do_not_answer_fail_the_sweep_within_the_bound_and_create_n
 
 @pytest.fixture
 def full_disk(tmp_path: Path):
-    """A 256 KiB tmpfs, unmounted after the test (mounting needs root, as in CI)."""
-    if os.geteuid() != 0 and not os.environ.get("CI"):
-        pytest.skip("mounting a tmpfs needs root; CI runs this test as root")
+    """A 256 KiB tmpfs, unmounted after the test (mounting needs root, as in CI); without root
+    the test fails with one line saying so."""
+    if why := needs_root("mounting a tmpfs (a full disk)"):
+        pytest.fail(why, pytrace=False)
     folder = tmp_path / "tmpfs"
     folder.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], check=True)
@@ -149,6 +153,7 @@ def append_until_full(journal: Path, backend) -> tuple[bytes, int]:
     raise AssertionError("the full disk took 100 trials")
 
 
+@pytest.mark.server
 def test_a_full_disk_never_tears_our_journal(full_disk: Path) -> None:
     journal = full_disk / "journal.log"
     add_trials(journal_study(journal), 3)
@@ -163,6 +168,7 @@ def test_a_full_disk_never_tears_our_journal(full_disk: Path) -> None:
     assert states_.count(TrialState.COMPLETE) == 3 + added + 1
 
 
+@pytest.mark.server
 def test_a_journal_torn_by_a_full_disk_heals_and_its_sweep_resumes(
     full_disk: Path, data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -238,6 +244,7 @@ def test_a_heartbeat_goes_on_through_database_errors() -> None:
     assert storage.calls >= 6  # Optuna's own thread would have ended at the first error
 
 
+@pytest.mark.slow
 def test_a_killed_joblib_sweep_leaves_mlflow_and_optuna_agreeing_after_the_rerun(
     data_root: Path, tmp_path: Path
 ) -> None:

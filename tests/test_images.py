@@ -18,8 +18,11 @@ from PIL import Image
 
 import mnist_sweep
 from mnist_sweep import images
-from mnist_sweep.images import ImageError, handed_over, read_digit, to_mnist
+from mnist_sweep.images import ImageError, read_digit, to_mnist
 from mnist_sweep.predict import main, read_all
+
+from benchmarks import photos
+from benchmarks.photos import handed_over
 
 PICTURES = 1040  # 80 per condition of benchmarks/photos.py
 
@@ -35,8 +38,9 @@ def accuracy(model: torch.nn.Module, forms: np.ndarray, labels: np.ndarray) -> f
     return float(np.mean(named == labels))
 
 
+@pytest.mark.slow
 def test_photographed_digits_score_within_two_points_of_the_raw_test_tensors(
-    model, test_digits, photos
+    model, test_digits
 ) -> None:
     digits, labels = test_digits[0][:PICTURES], test_digits[1][:PICTURES]
     shots = photos.photo_set(digits, seed=1)
@@ -46,7 +50,7 @@ def test_photographed_digits_score_within_two_points_of_the_raw_test_tensors(
     assert raw - accuracy(model, forms, labels) <= 0.02, (accuracy(model, forms, labels), raw)
 
 
-def test_the_generator_is_seeded(test_digits, photos) -> None:
+def test_the_generator_is_seeded(test_digits) -> None:
     digits = test_digits[0][:13]
     first, again = photos.photo_set(digits, seed=3), photos.photo_set(digits, seed=3)
     other = photos.photo_set(digits, seed=4)
@@ -56,7 +60,7 @@ def test_the_generator_is_seeded(test_digits, photos) -> None:
                    for a, b in zip(pixels[0], pixels[2], strict=True))  # fmt: skip
 
 
-def test_uneven_light_noise_and_a_page_edge_leave_the_clean_form(test_digits, photos) -> None:
+def test_uneven_light_noise_and_a_page_edge_leave_the_clean_form(test_digits) -> None:
     digit = test_digits[0][7]
     clean = to_mnist(Image.fromarray(digit))
     rng = np.random.default_rng(5)
@@ -65,14 +69,14 @@ def test_uneven_light_noise_and_a_page_edge_leave_the_clean_form(test_digits, ph
         assert np.abs(form - clean).mean() < 0.08, condition
 
 
-def test_blank_photographs_have_no_ink(photos) -> None:
+def test_blank_photographs_have_no_ink() -> None:
     rng, blank = np.random.default_rng(6), np.zeros((28, 28), np.uint8)
     for condition in ("lighting", "noise", "jpeg", "small_in_frame", "chalk"):
         with pytest.raises(ImageError, match="no ink"):
             to_mnist(photos.photographed(blank, condition, rng))
 
 
-def test_a_thin_pen_is_widened_towards_mnists_strokes(test_digits, photos) -> None:
+def test_a_thin_pen_is_widened_towards_mnists_strokes(test_digits) -> None:
     digit = test_digits[0][0]
     thin = photos.photographed(digit, "thin_pen", np.random.default_rng(0))
     ink = lambda form: (form > 0.5).sum()  # noqa: E731
@@ -174,6 +178,7 @@ def added_peak_kb(path: Path) -> tuple[str, int]:
     return said, int(added)
 
 
+@pytest.mark.slow
 def test_memory_stays_under_500_mb_for_a_13000_pixel_square_png(tmp_path: Path) -> None:
     Image.new("L", (13000, 13000), 255).save(tmp_path / "huge.png", compress_level=1)
     said, added_kb = added_peak_kb(tmp_path / "huge.png")
@@ -194,6 +199,7 @@ def test_a_fifo_is_refused_without_being_opened(tmp_path: Path) -> None:
     assert time.perf_counter() - started < 1
 
 
+@pytest.mark.slow
 def test_hostile_files_get_one_line_each_and_the_rest_is_predicted(
     trained_run: Path, test_digits, tmp_path: Path, capsys, monkeypatch
 ) -> None:

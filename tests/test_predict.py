@@ -17,12 +17,13 @@ from PIL import Image
 
 import mnist_sweep
 from mnist_sweep.checkpoints import read_checkpoint
-from mnist_sweep.images import CENTRE, ImageError, handed_over, to_mnist
+from mnist_sweep.images import CENTRE, ImageError, to_mnist
 from mnist_sweep.predict import ALIAS, CHAMPION, REGISTERED_MODEL, main
 from mnist_sweep.serving import log_pyfunc
 from mnist_sweep.tracking import DEFAULT_STORE, STORE_ENVIRONMENT, use_store
 
-from conftest import compose_config
+from benchmarks.photos import handed_over
+from tests.support import compose_config
 
 
 def accuracy(trained_run: Path) -> str:
@@ -36,6 +37,7 @@ def predictions(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, list[di
     return code, [json.loads(line) for line in out.splitlines()], err
 
 
+@pytest.mark.slow
 def test_pictures_handed_over_score_within_a_point_of_the_raw_test_tensors(
     trained_run: Path, test_digits, tmp_path: Path, capsys
 ) -> None:
@@ -94,6 +96,7 @@ def test_blank_pictures_have_no_ink() -> None:
             to_mnist(blank)
 
 
+@pytest.mark.slow
 def test_every_bad_file_gets_an_error_line_and_the_others_are_still_predicted(
     trained_run: Path, test_digits, tmp_path: Path, capsys
 ) -> None:
@@ -116,6 +119,7 @@ def test_every_bad_file_gets_an_error_line_and_the_others_are_still_predicted(
     assert any("blank.png: no ink" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_text_lines_and_the_preview_sheet(trained_run: Path, test_digits, tmp_path) -> None:
     rng = np.random.default_rng(2)
     for index in range(3):
@@ -128,6 +132,7 @@ def test_text_lines_and_the_preview_sheet(trained_run: Path, test_digits, tmp_pa
         assert sheet.format == "PNG" and sheet.width > 300
 
 
+@pytest.mark.slow
 def test_the_default_model_is_the_champion_of_the_store_here_else_the_newest_kept_one(
     trained_run: Path, tmp_path, monkeypatch, capsys
 ) -> None:
@@ -209,6 +214,7 @@ def test_the_store_is_the_flags_else_the_environments_else_the_one_here(
     assert list(tmp_path.glob("*.db")) == []  # looked for, never created
 
 
+@pytest.mark.slow
 def test_an_mlflow_model_uri_predicts_like_the_checkpoint(
     trained_run: Path, test_digits, tmp_path, capsys, monkeypatch
 ) -> None:
@@ -225,6 +231,7 @@ def test_an_mlflow_model_uri_predicts_like_the_checkpoint(
     assert "no_such_model" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_output_cut_short_by_a_closed_pipe_ends_quietly(
     trained_run: Path, test_digits, tmp_path: Path
 ) -> None:

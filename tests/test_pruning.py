@@ -20,7 +20,7 @@ from mnist_sweep.sweep.liveness import Liveness
 from mnist_sweep.sweep.pruning import make_pruner
 from mnist_sweep.sweep.sweeper import ResumableOptunaSweeperImpl
 
-from sweeps import interrupt_mid_trial, mlflow_runs, run_sweep, states, study, sweep_command
+from tests.support import interrupt_mid_trial, mlflow_runs, run_sweep, states, study, sweep_command
 
 # In place of the default pruner: any validation accuracy is below 1.0, so every trial is
 # pruned after its first epoch.
@@ -40,6 +40,7 @@ def assert_all_pruned_at_first_epoch(folder: Path, n_trials: int) -> None:
         assert "test_accuracy" not in run.data.metrics
 
 
+@pytest.mark.slow
 def test_a_sweep_whose_pruner_prunes_every_trial_keeps_nothing(
     data_root: Path, tmp_path: Path
 ) -> None:
@@ -54,6 +55,7 @@ def test_a_sweep_whose_pruner_prunes_every_trial_keeps_nothing(
     assert Path(trials_csv).read_text().count(",1,") == 2  # pruned_at_epoch column
 
 
+@pytest.mark.slow
 def test_a_median_pruned_sweep_keeps_the_best_complete_trial(
     data_root: Path, tmp_path: Path
 ) -> None:
@@ -78,6 +80,7 @@ def test_a_median_pruned_sweep_keeps_the_best_complete_trial(
     assert f'"trial": "trial_{best.number}"' in kept
 
 
+@pytest.mark.slow
 def test_pruning_in_joblib_workers(data_root: Path, tmp_path: Path) -> None:
     run_sweep(
         tmp_path, data_root, *SMALL, "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2",
@@ -86,6 +89,7 @@ def test_pruning_in_joblib_workers(data_root: Path, tmp_path: Path) -> None:
     assert_all_pruned_at_first_epoch(tmp_path, 3)
 
 
+@pytest.mark.slow
 def test_pruning_in_two_cooperating_processes(data_root: Path, tmp_path: Path) -> None:
     command = sweep_command(data_root, *SMALL, "hydra.sweeper.n_trials=4", *ALWAYS)
     processes = [
@@ -97,6 +101,7 @@ def test_pruning_in_two_cooperating_processes(data_root: Path, tmp_path: Path) -
     assert_all_pruned_at_first_epoch(tmp_path, 4)
 
 
+@pytest.mark.slow
 def test_a_resumed_sweep_keeps_pruned_trials_pruned(data_root: Path, tmp_path: Path) -> None:
     overrides = [*SMALL, "trainer.epochs=30", "hydra.sweeper.n_trials=4", *ALWAYS]
     before = interrupt_mid_trial(data_root, tmp_path, overrides, signal.SIGKILL, TrialState.PRUNED)
@@ -110,6 +115,7 @@ def test_a_resumed_sweep_keeps_pruned_trials_pruned(data_root: Path, tmp_path: P
     assert after.count(TrialState.PRUNED) == 4 and TrialState.COMPLETE not in after
 
 
+@pytest.mark.slow
 def test_a_grid_never_prunes(data_root: Path, tmp_path: Path) -> None:
     run_sweep(tmp_path, data_root, *SMALL, "optimizer=adam,sgd", *ALWAYS)
     _, runs = mlflow_runs(tmp_path, "trial")

@@ -51,6 +51,7 @@ def trained(small_cfg, tmp_path: Path) -> Path:
     return tmp_path / "run" / "model.pt"
 
 
+@pytest.mark.slow
 def test_every_run_logs_the_evaluation(trained: Path, small_cfg) -> None:
     client = mlflow.MlflowClient(small_cfg.mlflow.tracking_uri)
     [run] = client.search_runs([client.get_experiment_by_name("mnist_sweep").experiment_id])
@@ -60,6 +61,7 @@ def test_every_run_logs_the_evaluation(trained: Path, small_cfg) -> None:
     assert {"test_ece", "test_accuracy_ci95_low", "evaluation_time_s"} <= set(run.data.metrics)
 
 
+@pytest.mark.slow
 def test_evaluate_entry_point_logs_an_evaluation_run_naming_its_source(
     trained: Path, small_cfg, data_root: Path, tmp_path: Path, caplog
 ) -> None:
@@ -84,6 +86,7 @@ def test_evaluate_entry_point_logs_an_evaluation_run_naming_its_source(
     )
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_a_broken_checkpoint(trained: Path, tmp_path: Path, capsys) -> None:
     broken = tmp_path / "broken.pt"
     broken.write_bytes(trained.read_bytes()[:2000])
@@ -92,6 +95,7 @@ def test_evaluate_refuses_a_broken_checkpoint(trained: Path, tmp_path: Path, cap
     assert evaluate_main([str(tmp_path / "missing.pt")]) == 2
 
 
+@pytest.mark.slow
 def test_evaluate_several_checkpoints_as_an_ensemble_with_tta(
     small_cfg, data_root: Path, tmp_path: Path, capsys
 ) -> None:
@@ -116,6 +120,7 @@ def test_evaluate_several_checkpoints_as_an_ensemble_with_tta(
     assert evaluation.data.metrics["test_accuracy"] == pytest.approx(accuracy)
 
 
+@pytest.mark.slow
 def test_models_of_different_datasets_are_not_ensembled(
     trained: Path, tmp_path: Path, capsys
 ) -> None:
@@ -128,6 +133,7 @@ def test_models_of_different_datasets_are_not_ensembled(
     assert "different datasets" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluate_asks_for_the_store_when_the_checkpoint_records_it_masked(
     trained: Path, tmp_path: Path, capsys
 ) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import small_overrides
+from tests.support import small_overrides
 
 RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
 HEAVY = ("torch", "torchvision", "mlflow", "matplotlib", "optuna", "scipy")
@@ -37,6 +37,7 @@ def run_py(tmp_path: Path, *overrides: str, **env: str) -> subprocess.CompletedP
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_run_py_trains_saves_and_tracks_without_warnings(data_root: Path, tmp_path: Path) -> None:
     overrides = [o for o in small_overrides(data_root, tmp_path) if "tracking_uri" not in o]
     done = run_py(tmp_path, *overrides, "hydra.run.dir=out")
@@ -128,6 +129,7 @@ def test_hydra_full_error_shows_the_traceback(tmp_path: Path) -> None:
     assert "Traceback" in done.stderr and "ConfigError" in done.stderr
 
 
+@pytest.mark.slow
 def test_a_bad_value_in_a_sweep_fails_its_trial_with_the_same_message(
     data_root: Path, tmp_path: Path
 ) -> None:
@@ -139,6 +141,7 @@ def test_a_bad_value_in_a_sweep_fails_its_trial_with_the_same_message(
     assert "1 trials failed, more than max_failure_rate" in done.stderr
 
 
+@pytest.mark.slow
 def test_a_bad_value_stops_a_sweep_before_its_first_trial(tmp_path: Path) -> None:
     done = run_py(tmp_path, "-m", "optimizer.lr=-1")
     assert done.returncode == 1

@@ -13,7 +13,6 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -30,31 +29,24 @@ from mnist_sweep.sweep.liveness import OWNER
 from mnist_sweep.sweep.storage import make_storage
 from mnist_sweep.sweep.sweeper import tell
 
-from servers import MlflowServer, Postgres, ServerError, SlurmCluster
-from sweeps import mlflow_runs, states, sweep_command
+from tests.support import (
+    Calls,
+    Meeting,
+    MlflowServer,
+    Postgres,
+    ServerError,
+    SlurmCluster,
+    at_once,
+    in_threads,
+    mlflow_runs,
+    states,
+    sweep_command,
+    table_locked,
+)
+
+pytestmark = pytest.mark.server
 
 HEARTBEAT_S, GRACE_S = 1, 4
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    server = Postgres()
-    yield server
-    server.remove()
-
-
-@pytest.fixture(scope="session")
-def tracking_server(postgres: Postgres) -> Iterator[MlflowServer]:
-    server = MlflowServer(postgres.create_database("mlflow"))
-    yield server
-    server.remove()
-
-
-@pytest.fixture(scope="session")
-def slurm() -> Iterator[SlurmCluster]:
-    cluster = SlurmCluster()
-    yield cluster
-    cluster.remove()
 
 
 class Sweep:
@@ -150,29 +142,6 @@ def test_two_workers_share_one_study_to_exactly_n_trials_with_distinct_draws(
     assert predictions.shape == (2, 10)
 
 
-def at_once(work, *args, workers: int = 2) -> list:
-    """`work(*args)` in `workers` threads released together; their results, or the first
-    error."""
-    start, results = threading.Barrier(workers), []
-
-    def run() -> None:
-        start.wait()
-        try:
-            results.append(work(*args))
-        except Exception as error:
-            results.append(error)
-
-    threads = [threading.Thread(target=run) for _ in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for result in results:
-        if isinstance(result, Exception):
-            raise result
-    return results
-
-
 def log_dataset_in_a_new_run(experiment: str, source: Path) -> str:
     with mlflow.start_run(experiment_id=experiment) as run:
         tracking.log_dataset("mnist", {"file": "0" * 64}, str(source))
@@ -180,32 +149,50 @@ def log_dataset_in_a_new_run(experiment: str, source: Path) -> str:
 
 
 def test_workers_logging_the_dataset_at_once_all_record_it(
-    tracking_server: MlflowServer, data_root: Path
+    postgres: Postgres, tracking_server: MlflowServer, data_root: Path, monkeypatch
 ) -> None:
     """The store adds a dataset new to an experiment by a read, then an insert: two runs
-    logging it at once used to fail one trial on the duplicate key."""
+    logging it at once used to fail one trial on the duplicate key. Here the table is held
+    until both requests have read that the dataset is missing and wait to insert it."""
     client = mlflow.MlflowClient(tracking_server.url)
+    logged_inputs = Calls(monkeypatch, mlflow, "log_input")
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_server.url)  # log_dataset logs to the active run
     try:
-        for attempt in range(10):  # the race is lost often, not always
-            experiment = client.create_experiment(f"dataset_race_{attempt}")
-            for run_id in at_once(log_dataset_in_a_new_run, experiment, data_root):
-                [logged] = client.get_run(run_id).inputs.dataset_inputs
-                assert logged.dataset.name == "mnist"
+        experiment = client.create_experiment("dataset_race")
+        with table_locked(postgres.url("mlflow"), "datasets") as waiting:
+            join = in_threads(log_dataset_in_a_new_run, experiment, data_root)
+            assert waiting(2) == 2  # both requests read, neither has inserted
+        for run_id in join():
+            [logged] = client.get_run(run_id).inputs.dataset_inputs
+            assert logged.dataset.name == "mnist"
     finally:
         mlflow.set_tracking_uri(previous)
+    assert len(logged_inputs.by) == 3  # the race was lost by one, which logged once more
 
 
-def test_workers_ending_at_once_both_tag_the_sweeps_run(tracking_server: MlflowServer) -> None:
+def test_workers_ending_at_once_both_tag_the_sweeps_run(
+    postgres: Postgres, tracking_server: MlflowServer, monkeypatch
+) -> None:
     """Each worker tags the parent run with the best trial as it ends: a new tag is a read,
-    then an insert, and the slower of two tagging at once used to fail."""
+    then an insert, and the slower of two tagging at once used to fail. Here the table is held
+    until both requests have read that the tag is missing and wait to insert it."""
     client = mlflow.MlflowClient(tracking_server.url)
     experiment = client.create_experiment("tag_race")
-    for _ in range(10):  # the race is lost often, not always
-        run_id = client.create_run(experiment).info.run_id
-        at_once(tracking.once_more_if_raced, client.set_tag, run_id, "best_trial", "trial_3")
-        assert client.get_run(run_id).data.tags["best_trial"] == "trial_3"
+    run_id = client.create_run(experiment).info.run_id
+    tagged = Calls(monkeypatch, client, "set_tag")
+    with table_locked(postgres.url("mlflow"), "tags") as waiting:
+        join = in_threads(tracking.once_more_if_raced, client.set_tag, run_id, "best_trial",
+                          "trial_3")  # fmt: skip
+        assert waiting(2) == 2  # both requests read, neither has inserted
+    join()
+    assert len(tagged.by) == 3  # the race was lost by one, which tagged once more
+    assert client.get_run(run_id).data.tags["best_trial"] == "trial_3"
+
+
+# What register and promote read before they write: the registered model, the run's versions,
+# the champion.
+LOOKS = ("search_registered_models", "search_model_versions", "get_model_version_by_alias")
 
 
 def register_and_promote(client, run, model_id: str, config: SweepConfig) -> str:
@@ -215,20 +202,26 @@ def register_and_promote(client, run, model_id: str, config: SweepConfig) -> str
 
 
 def test_workers_registering_the_best_run_at_once_leave_one_version(
-    tracking_server: MlflowServer,
+    tracking_server: MlflowServer, monkeypatch
 ) -> None:
+    """Both workers find no registered model, then no version of the run, then no champion,
+    before either goes on (each waits at a barrier after each look): both create the model
+    and a version, and both point the alias."""
     client = mlflow.MlflowClient(tracking_server.url)
     experiment = client.create_experiment("register_race")
-    for attempt in range(5):  # the race is lost often, not always
-        run = client.create_run(experiment)
-        model = client.create_logged_model(experiment, source_run_id=run.info.run_id)
-        config = SweepConfig(min_test_accuracy=0.5, registered_model=f"register_race_{attempt}",
-                             alias="champion")  # fmt: skip
-        versions = at_once(register_and_promote, client, run, model.model_id, config)
-        assert versions == ["1", "1"]
-        [kept] = client.search_model_versions(f"name = '{config.registered_model}'")
-        assert kept.version == "1" and kept.run_id == run.info.run_id
-        assert client.get_model_version_by_alias(config.registered_model, "champion").version == "1"
+    run = client.create_run(experiment)
+    model = client.create_logged_model(experiment, source_run_id=run.info.run_id)
+    config = SweepConfig(min_test_accuracy=0.5, registered_model="register_race",
+                         alias="champion")  # fmt: skip
+    looks = [Meeting(monkeypatch, client, name) for name in LOOKS]
+    made = Calls(monkeypatch, client, "create_model_version")
+    versions = at_once(register_and_promote, client, run, model.model_id, config)
+    assert [sorted(look.passed) for look in looks] == [["worker-0", "worker-1"]] * 3
+    assert sorted(made.by) == ["worker-0", "worker-1"]  # two versions made, one deleted
+    assert versions == ["1", "1"]
+    [kept] = client.search_model_versions(f"name = '{config.registered_model}'")
+    assert kept.version == "1" and kept.run_id == run.info.run_id
+    assert client.get_model_version_by_alias(config.registered_model, "champion").version == "1"
 
 
 def test_a_worker_killed_mid_trial_is_failed_and_replaced_within_the_grace_period(

@@ -26,12 +26,12 @@ from mnist_sweep.serving import (
     SIGNATURE,
     check_mlmodel,
     download_checkpoint,
-    invoke,
     log_pyfunc,
-    served,
 )
 from mnist_sweep.sweep.keep import keep_best
 from mnist_sweep.tracking import STORE_ENVIRONMENT, use_store
+
+from tests.support import invoke, served
 
 CHAMPION = "models:/mnist_sweep_test@champion"
 # What MLflow runs to load the model: a module of the installed package, no code from the store.
@@ -64,6 +64,7 @@ def checkpoint_probabilities(trained_run: Path, images: np.ndarray) -> np.ndarra
         return mnist_sweep.load_model(trained_run / "out" / "model.pt")(torch.from_numpy(images))
 
 
+@pytest.mark.slow
 def test_the_logged_model_has_its_signature_input_example_and_requirements(store) -> None:
     client, run, _ = store
     [logged] = client.search_logged_models([run.info.experiment_id])
@@ -76,6 +77,7 @@ def test_the_logged_model_has_its_signature_input_example_and_requirements(store
     assert any(line.startswith("mnist_sweep==") for line in Path(requirements).read_text().split())
 
 
+@pytest.mark.slow
 def test_the_champion_is_the_logged_model_and_predicts_like_load_model(
     store, trained_run: Path, images
 ) -> None:
@@ -128,6 +130,7 @@ def image_with(value: object, images: np.ndarray) -> list:
     return image
 
 
+@pytest.mark.slow
 def test_mlflow_models_serve_answers_with_the_same_digits_and_refuses_bad_input(
     store, trained_run: Path, images, tmp_path: Path
 ) -> None:
@@ -185,6 +188,7 @@ def predict_main(model: str, images: np.ndarray, tmp_path: Path, capsys) -> tupl
     return code, capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_model_whose_mlmodel_names_other_code_is_refused_and_runs_nothing(
     logged, images, tmp_path: Path, capsys, monkeypatch
 ) -> None:
@@ -207,6 +211,7 @@ def test_a_model_whose_mlmodel_names_other_code_is_refused_and_runs_nothing(
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_a_model_pt_replaced_by_a_pickle_with_code_is_refused_and_runs_nothing(
     logged, images, tmp_path: Path, capsys
 ) -> None:
@@ -223,6 +228,7 @@ def test_a_model_pt_replaced_by_a_pickle_with_code_is_refused_and_runs_nothing(
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_python_files_dropped_beside_the_model_are_never_imported(
     logged, images, tmp_path: Path, capsys
 ) -> None:

@@ -15,7 +15,7 @@ from mnist_sweep.sweep.checks import check_sweeper
 from mnist_sweep.sweep.errors import SweepError
 from mnist_sweep.sweep.storage import database_url, make_storage
 
-from conftest import CONF_DIR
+from tests.support import CONF_DIR
 
 
 def test_heartbeat_settings_are_sweeper_options_with_defaults() -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -22,9 +25,22 @@ from mnist_sweep.sweep import liveness, records
 from mnist_sweep.sweep.liveness import process_is_gone
 from mnist_sweep.sweep.sweeper import is_grid
 
-from sweeps import interrupt_mid_trial, mlflow_runs, run_sweep, states, study, sweep_command
+from tests.support import (
+    Meeting,
+    at_once,
+    flock_waiters,
+    interrupt_mid_trial,
+    mlflow_runs,
+    run_sweep,
+    states,
+    study,
+    sweep_command,
+)
+
+WORKERS = ["worker-0", "worker-1"]  # the threads of tests.support.in_threads
 
 
+@pytest.mark.slow
 def test_sweep_tracks_every_trial_under_its_sweep_and_keeps_the_best(
     data_root: Path, tmp_path: Path
 ) -> None:
@@ -57,6 +73,7 @@ def test_sweep_tracks_every_trial_under_its_sweep_and_keeps_the_best(
     torch.testing.assert_close(torch.from_numpy(served), model(images).detach())
 
 
+@pytest.mark.slow
 def test_cnn_sweep_searches_cnn_shapes_in_its_own_study(data_root: Path, tmp_path: Path) -> None:
     run_sweep(tmp_path, data_root, "sweep=cnn_small", "hydra.sweeper.n_trials=2",
               "data.train_subset=1000", "sweep.min_test_accuracy=0.2")  # fmt: skip
@@ -76,6 +93,7 @@ def test_cnn_sweep_searches_cnn_shapes_in_its_own_study(data_root: Path, tmp_pat
     torch.testing.assert_close(torch.from_numpy(served), model(images).detach())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
 def test_interrupted_sweep_resumes_to_exactly_n_trials_without_duplicate_runs(
     data_root: Path, tmp_path: Path, stop: signal.Signals
@@ -103,6 +121,7 @@ def test_interrupted_sweep_resumes_to_exactly_n_trials_without_duplicate_runs(
     assert (tmp_path / "multirun" / "mlp" / "best" / "model.pt").exists()
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_study(data_root: Path, tmp_path: Path) -> None:
     command = sweep_command(data_root, "hydra.sweeper.n_trials=4", "sweep.min_test_accuracy=0.5")
     processes = [
@@ -122,20 +141,56 @@ def test_two_processes_share_one_study(data_root: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("older", ["first", "second"])
 def test_workers_that_race_to_create_the_sweep_parent_all_keep_the_same_one(
-    tmp_path: Path, older: str
+    tmp_path: Path, older: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.create_experiment("race")
-    tags = {records.SWEEP_ID: "race/study", tracking.ROLE: "sweep"}
-    # Both workers created a parent before either looked again; each then keeps one.
-    first, second = (client.create_run(experiment, tags=tags, start_time=start)
-                     for start in ((1, 2) if older == "first" else (2, 1)))  # fmt: skip
-    kept = [records.keep_one_parent(client, experiment, "race/study") for _ in (first, second)]
+    # Both workers find no parent, and both create one before either looks again: each waits
+    # at a barrier after its first look and after creating. `older` is the first worker's
+    # parent, or the second's.
+    starts = {"worker-0": 1, "worker-1": 2} if older == "first" else {"worker-0": 2, "worker-1": 1}
+    made, create_run = {}, client.create_run
+
+    def create_at_its_start(*args, **kwargs) -> mlflow.entities.Run:
+        worker = threading.current_thread().name
+        made[worker] = create_run(*args, start_time=starts[worker], **kwargs)
+        return made[worker]
+
+    monkeypatch.setattr(client, "create_run", create_at_its_start)
+    looked = Meeting(monkeypatch, records, "sweep_runs")
+    created = Meeting(monkeypatch, client, "create_run")
+    kept = at_once(records.sweep_parent, client, experiment, "race/study", True)
+    assert sorted(looked.passed) == sorted(created.passed) == sorted(made) == WORKERS
     assert kept[0].info.run_id == kept[1].info.run_id
     parent = records.sweep_parent(client, experiment, "race/study")
     assert parent.info.run_id == kept[0].info.run_id
+    assert parent.info.run_id == made["worker-0" if older == "first" else "worker-1"].info.run_id
     assert [run.info.run_id for run in records.sweep_runs(
         client, experiment, "race/study", "sweep")] == [parent.info.run_id]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_processes_initializing_one_new_store_at_once_take_turns(tmp_path: Path) -> None:
+    """Two sweeps that start together on a new SQLite store would both create its tables and
+    one would fail ("table ... already exists"): both come to the store's lock, held here
+    until both wait for it, then both succeed, one after the other."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    script = "import sys; from mnist_sweep import tracking; tracking.initialize_store(sys.argv[1])"
+    lock_path = tmp_path / "mlflow.db.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        workers = [subprocess.Popen([sys.executable, "-c", script, uri], stderr=subprocess.PIPE,
+                                    text=True) for _ in WORKERS]  # fmt: skip
+        deadline = time.monotonic() + 120
+        while flock_waiters(lock_path) < len(workers):
+            assert time.monotonic() < deadline, "the processes never came to the store's lock"
+            assert all(worker.poll() is None for worker in workers), "one ended without it"
+            time.sleep(0.05)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    for worker in workers:
+        assert worker.wait(timeout=120) == 0, worker.stderr.read()[-3000:]
+    [default] = mlflow.MlflowClient(uri).search_experiments()
+    assert default.name == "Default"
 
 
 def test_a_parent_kept_before_an_older_one_appeared_gives_way_and_its_trials_move(
@@ -160,6 +215,7 @@ def test_a_parent_kept_before_an_older_one_appeared_gives_way_and_its_trials_mov
     assert client.get_run(trial.info.run_id).data.tags[MLFLOW_PARENT_RUN_ID] == older.info.run_id
 
 
+@pytest.mark.slow
 def test_sweep_below_the_threshold_keeps_nothing_and_says_so(
     data_root: Path, tmp_path: Path
 ) -> None:
@@ -172,6 +228,7 @@ def test_sweep_below_the_threshold_keeps_nothing_and_says_so(
     assert not client.search_registered_models()
 
 
+@pytest.mark.slow
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(data_root: Path, tmp_path: Path) -> None:
     run_sweep(
         tmp_path, data_root, "hydra.sweeper.n_trials=3", "sweep.min_test_accuracy=0.5",
@@ -183,6 +240,7 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(data_root: Path, tmp_
     assert {run.info.status for run in trials} == {"FINISHED", "FAILED"}
 
 
+@pytest.mark.slow
 def test_parallel_trials_with_the_joblib_launcher(data_root: Path, tmp_path: Path) -> None:
     run_sweep(
         tmp_path, data_root, "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2",
@@ -193,6 +251,7 @@ def test_parallel_trials_with_the_joblib_launcher(data_root: Path, tmp_path: Pat
     assert sorted(run.data.tags["mnist_sweep.trial"] for run in trials) == ["trial_0", "trial_1"]
 
 
+@pytest.mark.slow
 def test_comma_lists_run_a_plain_grid_apart_from_the_study(data_root: Path, tmp_path: Path) -> None:
     run_sweep(tmp_path, data_root, "hydra.sweeper.n_trials=1", "sweep.min_test_accuracy=0.5")
     client, [study_parent] = mlflow_runs(tmp_path, "sweep")

@@ -13,7 +13,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from mnist_sweep import evaluate, tracking
 from mnist_sweep.config import MlflowConfig, to_run_config
 
-from conftest import compose_config
+from tests.support import compose_config
 
 ENV = tracking.STORE_ENVIRONMENT
 

@@ -26,6 +26,7 @@ from mnist_sweep.config import Promote, SweepConfig
 from mnist_sweep.objective import METRIC
 from mnist_sweep.serving import CHECKPOINT_IN_MODEL
 from mnist_sweep.sweep import records
+from mnist_sweep.tracking import once_more_if_raced
 
 log = logging.getLogger(__name__)
 # The version tags that say what a champion was chosen on; comparable versions agree on these.
@@ -66,8 +67,8 @@ def keep_best(
     copy_out(client, best, logged, folder)
     version = register(client, best, logged.model_id, config.registered_model)
     aliases = [sweep_alias(sweep_id)] if sweep_id else []
-    for alias in aliases:
-        client.set_registered_model_alias(version.name, alias, version.version)
+    for alias in aliases:  # workers of one sweep ending together set it at once
+        once_more_if_raced(client.set_registered_model_alias, version.name, alias, version.version)
     for key, value in {**basis(best), **(confirmed or {})}.items():
         client.set_model_version_tag(version.name, version.version, TAG(key), value)
     if promote(client, version, config.alias, config.promote):
@@ -141,7 +142,9 @@ def promote(client: mlflow.MlflowClient, version: ModelVersion, alias: str, rule
         log.info("@%s stays on %s v%s: %s (sweep.promote=%s)", alias, version.name,
                  holder.version if holder else "-", reason, rule.value)  # fmt: skip
         return False
-    client.set_registered_model_alias(version.name, alias, version.version)
+    # Of two workers promoting at once, both found no champion: one adds the alias, the other
+    # may fail on the duplicate key, and sets it once more (a race tests/test_scale_out.py forces).
+    once_more_if_raced(client.set_registered_model_alias, version.name, alias, version.version)
     return True
 
 

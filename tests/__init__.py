@@ -1,0 +1,1 @@
+"""The test suite: pytest collects it; tests/support.py holds the helpers it shares."""
