@@ -2,15 +2,40 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+# Keys that change only how fast or where a run goes, or what it keeps, not what it computes
+# (device and threads: floating-point noise at most; eval_batch_size: how many images are
+# scored at once): a study's fingerprint and a resumed run's state ignore them.
+NOT_COMPARED = ("trainer.device", "trainer.num_threads", "trainer.resume", "trainer.keep_state",
+                "data.eval_batch_size", "data.root", "data.source_dir", "data.download",
+                "mlflow.", "sweep.")  # fmt: skip
+SHOWN = 4  # differing keys named in a message
+
+
+def what_it_computes(flat: Mapping[str, Any]) -> dict[str, str]:
+    """The keys of a flattened run config that decide what the run computes, values as JSON."""
+    return {key: json.dumps(value) for key, value in flat.items()
+            if not key.startswith(NOT_COMPARED)}  # fmt: skip
+
+
+def differences(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> str:
+    """`key: then -> now` for the first SHOWN keys whose values differ, "" if none does."""
+    changed = [f"{key}: {recorded.get(key, '(absent)')} -> {now.get(key, '(absent)')}"
+               for key in sorted(recorded.keys() | now.keys())
+               if recorded.get(key) != now.get(key)]  # fmt: skip
+    more = f" and {len(changed) - SHOWN} more" if len(changed) > SHOWN else ""
+    return "; ".join(changed[:SHOWN]) + more
 
 
 class ConfigError(ValueError):
@@ -211,6 +236,10 @@ class TrainerConfig:
     label_smoothing: float = 0.0
     # Evaluate and save an exponential moving average of the weights; 0 switches it off.
     ema_decay: float = 0.0
+    # Continue an interrupted run: its folder, its state.pt, or its MLflow run id (resume.py).
+    resume: str | None = None
+    # Keep the last epoch's training state (state.pt) once the run has finished.
+    keep_state: bool = False
 
     def check(self) -> None:
         _positive(self.epochs, "trainer.epochs")

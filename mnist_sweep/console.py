@@ -41,11 +41,13 @@ class EpochBar:
     """A run's epochs: a bar on a terminal, and a line each to `log` (which the terminal leaves
     to the log file while the bar shows it)."""
 
-    def __init__(self, epochs: int, log: logging.Logger, leave: bool = True) -> None:
+    def __init__(self, epochs: int, log: logging.Logger, leave: bool = True, done: int = 0) -> None:
         self.epochs, self.log = epochs, log
         # A trial's bar goes when it ends (leave=False), in the sweep's process below the
         # sweep's bar and in a launcher's worker alike; a single run's stays.
-        self.bar = tqdm(total=epochs, unit="epoch", leave=leave) if bars_shown() else None
+        self.bar = (
+            tqdm(total=epochs, initial=done, unit="epoch", leave=leave) if bars_shown() else None
+        )
 
     def __enter__(self) -> EpochBar:
         return self

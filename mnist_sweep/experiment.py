@@ -12,9 +12,15 @@ import mlflow
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_sweep import checkpoints, device, objective, report, tracking
+from mnist_sweep import checkpoints, device, objective, report, resume, tracking
 from mnist_sweep.augment import make_augment
-from mnist_sweep.config import MlflowConfig, RunConfig, to_run_config
+from mnist_sweep.config import (
+    ConfigError,
+    MlflowConfig,
+    RunConfig,
+    to_run_config,
+    what_it_computes,
+)
 from mnist_sweep.console import EpochBar
 from mnist_sweep.data import (
     DATASETS,
@@ -55,15 +61,20 @@ def run(cfg: DictConfig, output_dir: Path, job: Job | None = None) -> float:
     target = device.configure(config.trainer)
     torch.manual_seed(config.trainer.seed)
     tags = job.tags(config.mlflow) if job is not None else {}
-    name = tracking.run_name(config)
-    with tracking.tracked_run(config.mlflow, tracking.flatten(resolved), tags, name) as active:
+    flat, name = tracking.flatten(resolved), tracking.run_name(config)
+    start = _resume_from(config, flat)
+    run_id = None if start is None else start["run_id"]
+    with tracking.tracked_run(config.mlflow, flat, tags, name, run_id) as active:
+        tracking.set_tags({tracking.OUTPUT_DIR: str(output_dir.resolve())})
         started = time.perf_counter()
         loaders = make_loaders(config.data, target, config.trainer.seed)
         dataset = _log_dataset(config)
         model = build_model(config.model).to(target)
         augment = make_augment(config.data.augment, target, config.trainer.seed)
         training_started = time.perf_counter()
-        with EpochBar(config.trainer.epochs, log, leave=job is None) as bar:
+        done = 0 if start is None else tracking.log_missing_epochs(start["history"])
+        snapshot = _snapshots(output_dir, flat, active.info.run_id)
+        with EpochBar(config.trainer.epochs, log, leave=job is None, done=done) as bar:
 
             def on_epoch(metrics: EpochMetrics) -> None:
                 values = _epoch_values(metrics)
@@ -74,7 +85,8 @@ def run(cfg: DictConfig, output_dir: Path, job: Job | None = None) -> float:
 
             try:
                 history = fit(model, loaders.train, loaders.val, config.optimizer,
-                              config.trainer, target, on_epoch, augment)  # fmt: skip
+                              config.trainer, target, on_epoch, augment,
+                              start, snapshot)  # fmt: skip
             except StoppedEarly:
                 tracking.end_run("KILLED")
                 raise
@@ -85,8 +97,10 @@ def run(cfg: DictConfig, output_dir: Path, job: Job | None = None) -> float:
             "test_loss": predictions.loss(),
             "test_accuracy": predictions.accuracy(),
             "wall_time_s": time.perf_counter() - started,
-            "train_samples_per_s": loaders.train_size * len(history) / train_seconds,
         }
+        if len(history) > done:  # a resumed run that had trained every epoch trains none
+            trained = loaders.train_size * (len(history) - done)
+            summary["train_samples_per_s"] = trained / train_seconds
         records = [asdict(epoch) for epoch in history]
         metrics = {**_epoch_values(history[-1]), **summary}
         checkpoint = Checkpoint(resolved, metrics, records, active.info.run_id)
@@ -96,7 +110,31 @@ def run(cfg: DictConfig, output_dir: Path, job: Job | None = None) -> float:
         log.info(" ".join(f"{key}={value:.4f}" for key, value in summary.items()))
         report.report_and_log(predictions, output_dir / "evaluation", records,
                               class_names(config.data.name))  # fmt: skip
+    if not config.trainer.keep_state:
+        (output_dir / resume.STATE_FILE).unlink(missing_ok=True)
     return objective.value(history[-1])
+
+
+def _resume_from(config: RunConfig, flat: dict[str, Any]) -> dict[str, Any] | None:
+    """The training state that `trainer.resume` names, written by a run of the same settings;
+    None when it names none. A state that cannot be resumed is a config error naming why."""
+    where = config.trainer.resume
+    if where is None:
+        return None
+    try:
+        path = resume.state_file(where, lambda run: tracking.output_dir_of(config.mlflow, run))
+        state = resume.load(path, what_it_computes(flat))
+    except resume.StateError as error:
+        raise ConfigError(f"trainer.resume={where}: {error}") from error
+    log.info("Resuming MLflow run %s after epoch %d from %s", state["run_id"], state["epoch"], path)
+    return state
+
+
+def _snapshots(output_dir: Path, flat: dict[str, Any], run_id: str) -> Any:
+    """Writes each epoch's training state to the run's folder (resume.py)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path, config = output_dir / resume.STATE_FILE, what_it_computes(flat)
+    return lambda state: resume.save(path, {**state, "config": config, "run_id": run_id})
 
 
 def _log_dataset(config: RunConfig) -> mlflow.data.Dataset:

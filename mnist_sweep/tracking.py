@@ -145,18 +145,48 @@ def tracked_run(
     params: Mapping[str, Any],
     tags: Mapping[str, str] | None = None,
     name: str | None = None,
+    run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run in `config`'s store with `params` logged; it ends FAILED if the body
     raises. Its name: `config.run_name`, else a name in `tags` (a trial's), else `name`, else
-    MLflow's random one."""
+    MLflow's random one. With `run_id`, that run goes on (a resumed run): params it has
+    already logged stay as they are."""
     tags = dict(tags or {})
     if config.run_name is not None or MLFLOW_RUN_NAME in tags:
         name = config.run_name  # MLflow refuses a name given both ways
     experiment = experiment_id(config)
     use_store(config.tracking_uri)
-    with mlflow.start_run(experiment_id=experiment, run_name=name, tags=tags) as run:
+    if run_id is not None:
+        logged = mlflow.MlflowClient(config.tracking_uri).get_run(run_id).data.params
+        params = {key: value for key, value in params.items() if key not in logged}
+        name = None  # it has its name
+    with mlflow.start_run(run_id=run_id, experiment_id=experiment, run_name=name,
+                          tags=tags) as run:  # fmt: skip
         mlflow.log_params(dict(params))
         yield run
+
+
+def output_dir_of(config: MlflowConfig, run_id: str) -> str | None:
+    """The output folder of MLflow run `run_id` (its OUTPUT_DIR tag), None if there is no
+    such run in `config`'s store."""
+    try:
+        run = mlflow.MlflowClient(config.tracking_uri).get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return None
+    return run.data.tags.get(OUTPUT_DIR)
+
+
+def log_missing_epochs(history: list[dict[str, Any]]) -> int:
+    """Log the epochs of `history` that the active run lacks (a resumed run's last epoch may
+    have been saved but not logged); the number of epochs in `history`."""
+    client = mlflow.MlflowClient()
+    run_id = mlflow.active_run().info.run_id
+    logged = {metric.step for metric in client.get_metric_history(run_id, "val_accuracy")}
+    for epoch in history:
+        if epoch["epoch"] not in logged:
+            values = {key: value for key, value in epoch.items() if key != "epoch"}
+            mlflow.log_metrics(values, step=epoch["epoch"])
+    return len(history)
 
 
 def log_metrics(
@@ -230,6 +260,7 @@ def once_more_if_raced(write: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 # What a run is: a single run has none; "trial", "confirmation", "sweep" (a sweep's parent
 # run, mnist_sweep/sweep/records.py) or "evaluation" (mnist_sweep/evaluate.py).
 ROLE = "mnist_sweep.role"
+OUTPUT_DIR = "mnist_sweep.output_dir"  # where the run writes (its training state: resume.py)
 
 
 def client_for(config: MlflowConfig) -> tuple[mlflow.MlflowClient, str]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -146,24 +147,78 @@ def fit(
     device: torch.device,
     on_epoch: Callable[[EpochMetrics], None] = lambda metrics: None,
     augment: Augment | None = None,
+    start: dict[str, Any] | None = None,
+    snapshot: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[EpochMetrics]:
     """Train for `trainer.epochs`, evaluating on the validation batches after each epoch;
     `on_epoch` may raise StoppedEarly.
 
-    With `trainer.ema_decay` the averaged weights are the ones validated, and `model` ends
-    holding them.
+    After each epoch `snapshot` gets the training state (`training_state`), before `on_epoch`;
+    given such a state as `start`, training continues after its epoch exactly as it would have
+    gone on. With `trainer.ema_decay` the averaged weights are the ones validated, and `model`
+    ends holding them.
     """
     optimizer = make_optimizer(model.parameters(), optimizer_config)
     schedule = make_schedule(optimizer, trainer.lr_schedule, trainer.epochs * len(train_batches))
     ema = make_ema(model, trainer.ema_decay)
     step = Step(optimizer, schedule, augment, trainer.label_smoothing, ema)
+    generators = random_generators(train_batches, augment)
+    history = [] if start is None else restore(start, model, step, generators)
     validated = model if ema is None else ema.module
-    history = []
-    for epoch in range(1, trainer.epochs + 1):
+    for epoch in range(len(history) + 1, trainer.epochs + 1):
         train_loss, train_accuracy = train_epoch(model, train_batches, step, device)
         val_loss, val_accuracy = evaluate(validated, val_batches, device)
         history.append(EpochMetrics(epoch, train_loss, train_accuracy, val_loss, val_accuracy))
+        if snapshot is not None:
+            snapshot(training_state(history, model, step, generators))
         on_epoch(history[-1])
     if ema is not None:
         model.load_state_dict(ema.module.state_dict())
     return history
+
+
+def random_generators(
+    train_batches: Batches, augment: Augment | None
+) -> dict[str, torch.Generator]:
+    """The seeded generators a run draws from besides torch's global one (dropout)."""
+    found = {"shuffle": getattr(train_batches, "generator", None),
+             "augment": getattr(augment, "generator", None)}  # fmt: skip
+    return {name: generator for name, generator in found.items() if generator is not None}
+
+
+def training_state(
+    history: list[EpochMetrics], model: Network, step: Step, generators: dict[str, torch.Generator]
+) -> dict[str, Any]:
+    """What continues training exactly after the last epoch of `history`."""
+    random = {name: generator.get_state() for name, generator in generators.items()}
+    random["torch"] = torch.get_rng_state()
+    if torch.cuda.is_initialized():
+        random["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "epoch": history[-1].epoch,
+        "history": [asdict(epoch) for epoch in history],
+        "model": model.state_dict(),
+        "optimizer": step.optimizer.state_dict(),
+        "schedule": None if step.schedule is None else step.schedule.state_dict(),
+        "ema": None if step.ema is None else step.ema.state_dict(),
+        "random": random,
+    }
+
+
+def restore(
+    state: dict[str, Any], model: Network, step: Step, generators: dict[str, torch.Generator]
+) -> list[EpochMetrics]:
+    """Load `state` (training_state) into the run's objects; its history."""
+    model.load_state_dict(state["model"])
+    step.optimizer.load_state_dict(state["optimizer"])
+    if step.schedule is not None:
+        step.schedule.load_state_dict(state["schedule"])
+    if step.ema is not None:
+        step.ema.load_state_dict(state["ema"])
+    random = state["random"]
+    torch.set_rng_state(random["torch"])
+    for name, generator in generators.items():
+        generator.set_state(random[name])
+    if "cuda" in random and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(random["cuda"])
+    return [EpochMetrics(**epoch) for epoch in state["history"]]

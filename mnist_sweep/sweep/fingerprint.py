@@ -11,21 +11,14 @@ settings on purpose: start a new one with `hydra.sweeper.study_name=...`.
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, distribution_to_json
 
+from mnist_sweep.config import differences, what_it_computes
 from mnist_sweep.sweep.errors import SweepError
 
 ATTRIBUTE = "mnist_sweep.fingerprint"
-# Speed and location only: trainer.device and num_threads change floating-point noise at
-# most, eval_batch_size only how many images are scored at once.
-NOT_COMPARED = ("trainer.device", "trainer.num_threads", "data.eval_batch_size", "data.root",
-                "data.source_dir", "data.download", "mlflow.", "sweep.")  # fmt: skip
-SHOWN = 4  # differing keys named in the message
 
 
 def of(cfg: DictConfig, space: dict[str, BaseDistribution]) -> dict[str, str]:
@@ -34,20 +27,11 @@ def of(cfg: DictConfig, space: dict[str, BaseDistribution]) -> dict[str, str]:
 
     keys = [key for key in cfg if key != "hydra"]
     run = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True, enum_to_str=True)
-    fixed = {key: json.dumps(value) for key, value in flatten(run).items()
-             if key not in space and not key.startswith(NOT_COMPARED)}  # fmt: skip
+    fixed = {key: value for key, value in what_it_computes(flatten(run)).items()
+             if key not in space}  # fmt: skip
     searched = {f"search space: {name}": distribution_to_json(distribution)
                 for name, distribution in space.items()}  # fmt: skip
     return {**fixed, **searched}
-
-
-def differences(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """`key: then -> now` for each key whose value differs, in key order."""
-    return [
-        f"{key}: {recorded.get(key, '(absent)')} -> {now.get(key, '(absent)')}"
-        for key in sorted(recorded.keys() | now.keys())
-        if recorded.get(key) != now.get(key)
-    ]
 
 
 def check_or_record(study: optuna.Study, settings: dict[str, str]) -> None:
@@ -58,12 +42,8 @@ def check_or_record(study: optuna.Study, settings: dict[str, str]) -> None:
         return
     changed = differences(recorded, settings)
     if changed:
-        more = f" and {len(changed) - SHOWN} more" if len(changed) > SHOWN else ""
         raise SweepError(
-            f"Study {study.study_name} was created with other settings ("
-            + "; ".join(changed[:SHOWN])
-            + more
-            + "), so its trials would not be comparable: "
-            f"run it with its own settings, or start a new study with "
-            f"hydra.sweeper.study_name={study.study_name}-2"
+            f"Study {study.study_name} was created with other settings ({changed}), so its "
+            f"trials would not be comparable: run it with its own settings, or start a new "
+            f"study with hydra.sweeper.study_name={study.study_name}-2"
         )
