@@ -12,8 +12,9 @@ from mnist_sweep import experiment, resume
 from mnist_sweep.config import ConfigError
 from mnist_sweep.tracking import OUTPUT_DIR
 
-from conftest import compose_config, small_overrides
+from tests.support import compose_config, small_overrides
 
+pytestmark = pytest.mark.slow  # each test trains small runs of 3 epochs
 EPOCHS = ["trainer.epochs=3", "trainer.num_threads=1", "model.dropout=0.2"]
 
 
