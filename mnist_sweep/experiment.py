@@ -89,6 +89,7 @@ def run(cfg: DictConfig, output_dir: Path, job: Job | None = None) -> float:
                               start, snapshot)  # fmt: skip
             except StoppedEarly:
                 tracking.end_run("KILLED")
+                (output_dir / resume.STATE_FILE).unlink(missing_ok=True)  # it never resumes
                 raise
         train_seconds = time.perf_counter() - training_started
         # One pass over the test set serves the test metrics and the evaluation report.

@@ -48,6 +48,7 @@ def test_a_sweep_whose_pruner_prunes_every_trial_keeps_nothing(
     assert_all_pruned_at_first_epoch(tmp_path, 2)
     assert "kept nothing" in done.stderr + done.stdout
     assert not (tmp_path / "multirun" / "mlp" / "best").exists()
+    assert list((tmp_path / "multirun" / "mlp").glob("trial_*/state.pt")) == []  # never resumed
     client, [parent] = mlflow_runs(tmp_path, "sweep")
     assert parent.data.metrics["pruned_trials"] == 2
     assert parent.data.metrics["finished_trials"] == 0
