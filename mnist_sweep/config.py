@@ -301,7 +301,7 @@ class SweepConfig:
     min_test_accuracy: float = MISSING
     registered_model: str = MISSING
     alias: str = MISSING
-    # When the kept version takes `alias` from the current holder (README "The champion").
+    # When the kept version takes `alias` from the current holder (docs/design.md).
     promote: Promote = Promote.if_better
     confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
 

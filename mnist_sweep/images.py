@@ -29,7 +29,7 @@ REDUCIBLE = {"1": "L", "P": "RGBA", "I;16": "I", "I;16B": "I", "I;16L": "I", "I;
 FLOAT_RANGES = (1.0, 255.0, 65535.0)  # full scales of float, 8-bit and 16-bit greys
 UNSHOWN = ("I", "F", "LAB")  # Pillow clips the first two at 255 to show them, and LAB fails
 # Each step below is measured by `python benchmarks/photos.py` (150 pictures under each of its
-# 13 conditions, the README's model: 97% on the same digits as test tensors, 96% on the
+# 13 conditions, docs/results.md's model: 97% on the same digits as test tensors, 96% on the
 # pictures); a figure is the accuracy on the pictures of a condition with the step, then
 # without it (or as changed).
 # The paper's light is a low percentile of the picture (ink high) over a window a third of its
