@@ -333,7 +333,10 @@ class SlurmCluster:
         os.chmod(self.folder, 0o755)
         self.name = f"sweep{self.folder.name.rsplit('_', 1)[-1].lower()}"
         self.processes: list[subprocess.Popen] = []
-        self.env = {**os.environ, "SLURM_CONF": str(self.folder / "slurm.conf")}
+        # Its jobs find their MLflow store by the sweep's config, never by a variable that
+        # an earlier test left in this process's environment.
+        inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        self.env = {**inherited, "SLURM_CONF": str(self.folder / "slurm.conf")}
         try:
             self._start_munge()
             self._start_mariadb()

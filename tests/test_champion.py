@@ -15,6 +15,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mnist_sweep.config import Promote
 from mnist_sweep.sweep import confirm
 from mnist_sweep.sweep.keep import TAG, promote, register, sweep_alias
+from mnist_sweep.tracking import use_store
 
 from tests.support import mlflow_runs, run_sweep, states, sweep_command
 
@@ -23,7 +24,9 @@ from tests.support import mlflow_runs, run_sweep, states, sweep_command
 def registry(tmp_path: Path):
     """A registered model with a champion (v1: val_accuracy 0.97 on digest d, split s)."""
     uri, previous = f"sqlite:///{tmp_path}/mlflow.db", mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)  # a version's models:/ source resolves in the global store
+    # A version's models:/ source resolves in the global store; use_store, unlike MLflow's
+    # set_tracking_uri, exports nothing that later tests' subprocesses would read.
+    use_store(uri)
     client = mlflow.MlflowClient(uri)
     experiment = client.create_experiment("champion")
 
@@ -38,7 +41,7 @@ def registry(tmp_path: Path):
 
     assert promote(client, version(0.97), "champion", Promote.if_better)  # none yet: it takes it
     yield client, version
-    mlflow.set_tracking_uri(previous)
+    use_store(previous)
 
 
 def champion(client: mlflow.MlflowClient) -> str:
