@@ -45,7 +45,10 @@ def load(path: Path, config: Mapping[str, str]) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise StateError(f"{path}: no training state there") from None
+        raise StateError(
+            f"{path}: no training state there (a run removes it when it finishes, "
+            "unless trainer.keep_state=true)"
+        ) from None
     except Exception as error:
         raise StateError(f"{path}: not a whole training state ({error})") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
