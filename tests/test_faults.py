@@ -143,22 +143,30 @@ def append_until_full(journal: Path, backend) -> tuple[bytes, int]:
     """Add trials on the full disk until an append fails (the journal's last page has room
     for a few): the journal before the failed append, and the trials added.
 
-    The failing append always finds room for part of its record: were the journal's last page
-    exactly full, the disk would refuse the whole append, so a page of the filler is freed
-    first and the journal goes on into a new page.
+    Every append finds room for part of its records: were the journal's last page exactly
+    full, the disk would refuse the whole append and nothing would tear, so before each append
+    a page of the filler is freed if it is, and the journal goes on into a new page.
     """
-    page = os.sysconf("SC_PAGE_SIZE")
-    study_ = journal_study(journal, backend)
-    for added in range(100):
+    page, filler = os.sysconf("SC_PAGE_SIZE"), journal.parent / "filler"
+    append = backend.append_logs
+
+    def with_room(self, logs) -> None:
         if journal.stat().st_size % page == 0:
-            filler = journal.parent / "filler"
             os.truncate(filler, filler.stat().st_size - page)
-        before = journal.read_bytes()
-        try:
-            add_trials(study_, 1)
-        except OSError as error:
-            assert error.errno == errno.ENOSPC
-            return before, added
+        append(self, logs)
+
+    backend.append_logs = with_room
+    try:
+        study_ = journal_study(journal, backend)
+        for added in range(100):
+            before = journal.read_bytes()
+            try:
+                add_trials(study_, 1)
+            except OSError as error:
+                assert error.errno == errno.ENOSPC
+                return before, added
+    finally:
+        backend.append_logs = append
     raise AssertionError("the full disk took 100 trials")
 
 
