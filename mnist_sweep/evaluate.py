@@ -26,25 +26,12 @@ import torch
 from mnist_sweep import report, tracking
 from mnist_sweep.checkpoints import CheckpointError, classifier_from, describe, read_checkpoint
 from mnist_sweep.config import DatasetName, MlflowConfig
-from mnist_sweep.data import (
-    DataFiles,
-    DataIntegrityError,
-    DataMissingError,
-    torchvision_dataset,
-)
-from mnist_sweep.evaluation import predict
+from mnist_sweep.data import DataFiles, DataIntegrityError, DataMissingError
+from mnist_sweep.evaluation import predict, test_batches
 from mnist_sweep.masking import MASK
 from mnist_sweep.models import Ensemble, ShiftTTA
 
 log = logging.getLogger(__name__)
-
-
-def evaluation_batches(files: DataFiles, batch_size: int = 2000):
-    """The test split as images in [0, 1], shape (N, 1, 28, 28): what load_model expects."""
-    dataset = torchvision_dataset(files, train=False)
-    images = dataset.data.unsqueeze(1).float().div_(255)
-    return [(images[i : i + batch_size], dataset.targets[i : i + batch_size])
-            for i in range(0, len(images), batch_size)]  # fmt: skip
 
 
 def _same_dataset(checkpoints: list[dict], paths: list[Path]) -> None:
@@ -82,7 +69,7 @@ def evaluate_checkpoints(
     params = {"checkpoints": tags["mnist_sweep.checkpoint"], "source_runs": sources,
               "members": len(models), "tta": tta}  # fmt: skip
     with tracking.tracked_run(mlflow_config, params, tags):
-        predictions = predict(model, evaluation_batches(files), torch.device("cpu"))
+        predictions = predict(model, test_batches(files), torch.device("cpu"))
         tracking.log_metrics({"test_accuracy": predictions.accuracy(),
                               "test_loss": predictions.loss()})  # fmt: skip
         history = checkpoints[0].get("history", []) if len(paths) == 1 else []

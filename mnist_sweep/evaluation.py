@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mnist_sweep.data import DataFiles, read_split
+
 # torchmetrics (which imports torchvision and SciPy's signal processing) and SciPy take seconds
 # to import: the functions that score a finished run import them, so a run starts training
 # without waiting for them.
@@ -39,6 +41,16 @@ class Predictions:
         true_class = self.probabilities.gather(1, self.labels.unsqueeze(1)).squeeze(1)
         tiny = torch.finfo(true_class.dtype).tiny
         return -true_class.clamp_min(tiny).log().mean().item()
+
+
+def test_batches(
+    files: DataFiles, batch_size: int = 2000
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The test split as images in [0, 1], shape (N, 1, 28, 28): what load_model expects."""
+    images, labels = read_split(files, train=False)
+    images = images.unsqueeze(1).float().div_(255)
+    return [(images[i : i + batch_size], labels[i : i + batch_size])
+            for i in range(0, len(images), batch_size)]  # fmt: skip
 
 
 @torch.no_grad()

@@ -105,12 +105,22 @@ def run(cfg: DictConfig, output_dir: Path, job: Job | None = None) -> float:
         records = [asdict(epoch) for epoch in history]
         metrics = {**_epoch_values(history[-1]), **summary}
         checkpoint = Checkpoint(resolved, metrics, records, active.info.run_id)
-        model_path, *others = _write_outputs(output_dir, model, config, checkpoint, loaders)
-        tracking.log_metrics(summary, model_id=tracking.log_model(model_path), dataset=dataset)
-        tracking.log_artifacts(others)
+        full = job is None
+        model_path, *others = _write_outputs(output_dir, model, config, checkpoint, loaders, full)
+        if full:
+            tracking.log_metrics(summary, model_id=tracking.log_model(model_path), dataset=dataset)
+            tracking.log_artifacts(others)
+        else:
+            # A sweep's job logs what compares trials and a loadable model.pt; the MLflow Model
+            # and the evaluation report are added to the kept trial only (sweep/keep.py): a
+            # trial's fixed cost fell from 1.32 s to 0.44 s (benchmarks/trial_cost.py).
+            tracking.log_metrics(summary, dataset=dataset)
+            tracking.log_artifacts([model_path, *others])
+        tracking.set_tags({tracking.TORCH_THREADS: str(torch.get_num_threads())})
         log.info(" ".join(f"{key}={value:.4f}" for key, value in summary.items()))
-        report.report_and_log(predictions, output_dir / "evaluation", records,
-                              class_names(config.data.name))  # fmt: skip
+        if full:
+            report.report_and_log(predictions, output_dir / "evaluation", records,
+                                  class_names(config.data.name))  # fmt: skip
     if not config.trainer.keep_state:
         (output_dir / resume.STATE_FILE).unlink(missing_ok=True)
     return objective.value(history[-1])
@@ -161,9 +171,14 @@ class Checkpoint:
 
 
 def _write_outputs(
-    output_dir: Path, model: Network, config: RunConfig, checkpoint: Checkpoint, loaders: Loaders
+    output_dir: Path,
+    model: Network,
+    config: RunConfig,
+    checkpoint: Checkpoint,
+    loaders: Loaders,
+    show5: bool = True,
 ) -> list[Path]:
-    """The run's files: model checkpoint, resolved config and show5 picture."""
+    """The run's files: model checkpoint, resolved config and (if `show5`) the show5 picture."""
     output_dir.mkdir(parents=True, exist_ok=True)
     config_path = output_dir / "config.yaml"
     config_path.write_text(OmegaConf.to_yaml(checkpoint.config))
@@ -174,6 +189,8 @@ def _write_outputs(
         class_names=class_names(config.data.name),
         **asdict(checkpoint),
     )
+    if not show5:
+        return [model_path, config_path]
     images, labels = next(iter(loaders.val))
     show5_path = output_dir / "show5.png"
     show5_path.write_bytes(report.show5_png(images, labels, class_names(config.data.name)))

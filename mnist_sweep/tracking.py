@@ -261,6 +261,7 @@ def once_more_if_raced(write: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 # run, mnist_sweep/sweep/records.py) or "evaluation" (mnist_sweep/evaluate.py).
 ROLE = "mnist_sweep.role"
 OUTPUT_DIR = "mnist_sweep.output_dir"  # where the run writes (its training state: resume.py)
+TORCH_THREADS = "mnist_sweep.torch_threads"  # torch's thread count as the run trained
 
 
 def client_for(config: MlflowConfig) -> tuple[mlflow.MlflowClient, str]:

@@ -139,3 +139,49 @@ def test_a_fashion_mnist_run_reports_its_own_classes(data_root, tmp_path) -> Non
     assert rows[1].startswith("T-shirt/top,") and rows[-1].startswith("Ankle boot,")
     checkpoint = read_checkpoint(tmp_path / "out" / "model.pt")
     assert checkpoint["class_names"][0] == "T-shirt/top"
+
+
+class SweepJob:
+    """A job of a sweep, as experiment.run sees it (mnist_sweep/sweep/job.py)."""
+
+    def tags(self, config) -> dict[str, str]:
+        return {}
+
+    def after_epoch(self, metrics) -> None:
+        pass
+
+
+def test_a_trial_logs_a_loadable_checkpoint_and_the_kept_one_gets_its_model_and_report(
+    small_cfg, tmp_path: Path
+) -> None:
+    from mnist_sweep.sweep.keep import kept_model
+    from mnist_sweep.tracking import TORCH_THREADS, use_store
+
+    experiment.run(small_cfg, tmp_path / "out", SweepJob())
+    client = mlflow.MlflowClient(small_cfg.mlflow.tracking_uri)
+    [run] = client.search_runs([client.get_experiment_by_name("mnist_sweep").experiment_id])
+    assert set(run.data.metrics) >= EPOCH_METRICS | FINAL_METRICS
+    assert run.data.tags[TORCH_THREADS] == str(torch.get_num_threads())
+    names = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
+    assert names == {"model.pt", "config.yaml"}  # no MLflow Model, no evaluation report
+    assert not client.search_logged_models([run.info.experiment_id])
+    downloaded = client.download_artifacts(run.info.run_id, "model.pt", str(tmp_path))
+    images = torch.rand(2, *IMAGE_SHAPE)
+    expected = mnist_sweep.load_model(tmp_path / "out" / "model.pt")(images)
+    torch.testing.assert_close(mnist_sweep.load_model(downloaded)(images), expected)
+
+    previous = mlflow.get_tracking_uri()
+    use_store(small_cfg.mlflow.tracking_uri)  # as the sweep does when it connects
+    try:
+        logged = kept_model(client, run, tmp_path / "best" / "evaluation")
+        assert kept_model(client, run, tmp_path / "again").model_id == logged.model_id  # once
+    finally:
+        use_store(previous)
+    assert logged.source_run_id == run.info.run_id
+    pyfunc = mlflow.pyfunc.load_model(logged.model_uri)
+    torch.testing.assert_close(torch.from_numpy(pyfunc.predict(images.numpy())), expected)
+    kept = client.get_run(run.info.run_id)
+    assert "evaluation" in {artifact.path for artifact in client.list_artifacts(kept.info.run_id)}
+    assert kept.data.metrics["test_macro_f1"] > 0 and kept.info.status == "FINISHED"
+    assert (tmp_path / "best" / "evaluation" / "per_class.csv").exists()
+    assert not (tmp_path / "again").exists()

@@ -66,6 +66,15 @@ def test_sweep_tracks_every_trial_under_its_sweep_and_keeps_the_best(
     best_run = max(trials, key=lambda run: run.data.metrics["val_accuracy"])
     assert accuracy == pytest.approx(best_run.data.metrics["test_accuracy"], abs=1e-6)
     assert accuracy >= 0.5
+    # Every trial logs model.pt; only the kept one has the MLflow Model and the report.
+    for run in trials:
+        assert {"model.pt", "config.yaml"} <= {
+            a.path for a in client.list_artifacts(run.info.run_id)
+        }
+    [logged] = client.search_logged_models([parent.info.experiment_id])
+    assert logged.source_run_id == best_run.info.run_id
+    assert "test_macro_f1" in client.get_run(best_run.info.run_id).data.metrics
+    assert (best / "evaluation" / "per_class.csv").exists()
     champion = client.get_model_version_by_alias("mnist_sweep_mlp", "champion")
     assert champion.run_id == best_run.info.run_id
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")

@@ -19,10 +19,15 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+import torch
 from mlflow.entities import LoggedModel
 from mlflow.entities.model_registry import ModelVersion
 
-from mnist_sweep.config import Promote, SweepConfig
+from mnist_sweep import report, tracking
+from mnist_sweep.checkpoints import classifier_from, read_checkpoint
+from mnist_sweep.config import DatasetName, Promote, SweepConfig
+from mnist_sweep.data import DataFiles
+from mnist_sweep.evaluation import predict, test_batches
 from mnist_sweep.objective import METRIC
 from mnist_sweep.serving import CHECKPOINT_IN_MODEL
 from mnist_sweep.sweep import records
@@ -63,7 +68,7 @@ def keep_best(
             config.min_test_accuracy, len(trials),
         )  # fmt: skip
         return None
-    logged = logged_model(client, best)
+    logged = kept_model(client, best, folder / "evaluation")
     copy_out(client, best, logged, folder)
     version = register(client, best, logged.model_id, config.registered_model)
     aliases = [sweep_alias(sweep_id)] if sweep_id else []
@@ -164,6 +169,32 @@ def refusal(holder: ModelVersion | None, candidate: ModelVersion, rule: Promote)
     if not value > best:
         return f"v{candidate.version}'s {METRIC} {value:.4f} does not beat its {best:.4f}"
     return ""
+
+
+def kept_model(
+    client: mlflow.MlflowClient, run: mlflow.entities.Run, report_folder: Path
+) -> LoggedModel:
+    """The kept run's MLflow Model: the one it logged (a run outside a sweep, or a trial kept
+    before), else logged now from its model.pt, with its evaluation report written to
+    `report_folder` and both added to its run. A sweep's trials log neither (experiment.run):
+    only the kept one needs them."""
+    try:
+        return logged_model(client, run)
+    except LookupError:
+        pass
+    with tempfile.TemporaryDirectory() as download:
+        path = Path(client.download_artifacts(run.info.run_id, "model.pt", download))
+        checkpoint = read_checkpoint(path)
+        data = checkpoint["config"]["data"]
+        files = DataFiles(data["root"], data.get("source_dir"), data.get("download", False),
+                          DatasetName(data.get("name", "mnist")))  # fmt: skip
+        with mlflow.start_run(run_id=run.info.run_id):
+            tracking.log_model(path)
+            predictions = predict(classifier_from(checkpoint), test_batches(files),
+                                  torch.device("cpu"))  # fmt: skip
+            report.report_and_log(predictions, report_folder, checkpoint.get("history", []),
+                                  checkpoint["class_names"])  # fmt: skip
+    return logged_model(client, run)
 
 
 def logged_model(client: mlflow.MlflowClient, run: mlflow.entities.Run) -> LoggedModel:
