@@ -30,8 +30,11 @@ def main(cfg: DictConfig) -> float:
         from mnist_sweep.training import StoppedEarly
 
         hydra_cfg = HydraConfig.get()
+        sweep_job = job.current(hydra_cfg)
+        if sweep_job is not None:
+            sweep_job.pin_device()
         try:
-            return experiment.run(cfg, Path(hydra_cfg.runtime.output_dir), job.current(hydra_cfg))
+            return experiment.run(cfg, Path(hydra_cfg.runtime.output_dir), sweep_job)
         except StoppedEarly as stopped:  # only a sweep's pruner stops a run early
             return job.Pruned(stopped.epoch)
     except ConfigError as error:

@@ -29,6 +29,8 @@ from tests.support import free_port, mlflow_runs, needs_root, run_sweep, study, 
 BAD_OVERRIDES = [
     ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0: must be a whole number >= 1"),
     ("hydra.sweeper.n_jobs=0", "hydra.sweeper.n_jobs=0: must be"),
+    ("hydra.sweeper.n_jobs=many", "hydra.sweeper.n_jobs=many: must be a whole number >= 1"),
+    ("hydra.sweeper.trials_per_device=0", "hydra.sweeper.trials_per_device=0: must be"),
     ("hydra.sweeper.max_failure_rate=-1", "hydra.sweeper.max_failure_rate=-1.0: must be"),
     ("hydra.sweeper.heartbeat_interval=0", "hydra.sweeper.heartbeat_interval=0: must be"),
     ("hydra.sweeper.direction=minimize", "hydra.sweeper.direction=minimize: the objective"),

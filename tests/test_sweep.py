@@ -261,6 +261,24 @@ def test_parallel_trials_with_the_joblib_launcher(data_root: Path, tmp_path: Pat
 
 
 @pytest.mark.slow
+def test_a_packed_sweep_runs_one_thread_per_core_and_ends_with_exactly_n_trials(
+    data_root: Path, tmp_path: Path
+) -> None:
+    run_sweep(
+        tmp_path, data_root, "hydra/launcher=joblib", "hydra.sweeper.n_jobs=auto",
+        "hydra.sweeper.n_trials=3", "sweep.min_test_accuracy=0.5", "trainer.device=cpu",
+    )  # fmt: skip
+    assert states(tmp_path) == [TrialState.COMPLETE] * 3
+    _, trials = mlflow_runs(tmp_path, "trial")
+    cores = os.cpu_count()
+    threads = cores // (cores // 1)  # trainer.num_threads=0: one thread per trial
+    for run in trials:  # what torch ran with, recorded inside each trial
+        assert run.data.tags[tracking.TORCH_THREADS] == str(threads)
+        assert run.data.params["trainer.num_threads"] == str(threads)
+    assert (tmp_path / "multirun" / "mlp" / "best" / "model.pt").exists()
+
+
+@pytest.mark.slow
 def test_comma_lists_run_a_plain_grid_apart_from_the_study(data_root: Path, tmp_path: Path) -> None:
     run_sweep(tmp_path, data_root, "hydra.sweeper.n_trials=1", "sweep.min_test_accuracy=0.5")
     client, [study_parent] = mlflow_runs(tmp_path, "sweep")

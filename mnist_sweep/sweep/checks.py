@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_sweep.masking import masked
 from mnist_sweep.sweep.errors import SweepError, describe
+from mnist_sweep.sweep.packing import AUTO
 
 T = TypeVar("T")
 REACH_S = 30.0
@@ -41,8 +42,12 @@ def check_sweeper(sweeper: DictConfig, objective_direction: str) -> None:
     is_int = lambda value: isinstance(value, int) and not isinstance(value, bool)  # noqa: E731
     require(is_int(sweeper.n_trials) and sweeper.n_trials >= 1, "n_trials", sweeper.n_trials,
             "must be a whole number >= 1")  # fmt: skip
-    require(is_int(sweeper.n_jobs) and sweeper.n_jobs >= 1, "n_jobs", sweeper.n_jobs,
-            "must be a whole number >= 1 (trials in flight at once)")  # fmt: skip
+    require((is_int(sweeper.n_jobs) and sweeper.n_jobs >= 1) or sweeper.n_jobs == AUTO,
+            "n_jobs", sweeper.n_jobs, "must be a whole number >= 1 (trials in flight at "
+            "once) or auto (as many as the cores or GPUs serve)")  # fmt: skip
+    require(is_int(sweeper.trials_per_device) and sweeper.trials_per_device >= 1,
+            "trials_per_device", sweeper.trials_per_device,
+            "must be a whole number >= 1 (trials on each GPU with n_jobs=auto)")  # fmt: skip
     rate = sweeper.max_failure_rate
     require(isinstance(rate, (int, float)) and 0 <= rate <= 1, "max_failure_rate", rate,
             "must be between 0 and 1 (the share of n_trials that may fail)")  # fmt: skip

@@ -30,11 +30,13 @@ CONFIRM_STUDY = "{}.confirm".format
 @dataclass(frozen=True)
 class Told:
     """What the sweeper tells each job: its sweep, and its Optuna study (None for a job of a
-    plain grid, which has no study); role "trial" or "confirmation"."""
+    plain grid, which has no study); role "trial" or "confirmation"; the CUDA device its
+    packing slot pins it to (sweep/packing.py), if any."""
 
     sweep_id: str
     study: str | None = None
     role: str = "trial"
+    device: int | None = None
 
     def override(self) -> str:
         """The launch override that sets it in the job's environment."""
@@ -70,6 +72,13 @@ class SweepJob:
         if config.run_name is None:  # MLflow refuses a name given both ways
             tags[MLFLOW_RUN_NAME] = self.trial
         return tags
+
+    def pin_device(self) -> None:
+        """Make the job's CUDA device current, so that `cuda` means it (trainer.device)."""
+        if self.told.device is not None:
+            import torch
+
+            torch.cuda.set_device(self.told.device)
 
     def after_epoch(self, metrics: EpochMetrics) -> None:
         """Report the epoch to the job's Optuna trial, if it has one (sweep/pruning.py)."""

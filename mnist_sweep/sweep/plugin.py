@@ -36,6 +36,7 @@ class ResumableOptunaSweeper(OptunaSweeper):
 
         checks.check_sweeper(config.hydra.sweeper, objective.DIRECTION)
         options = dict(self.options)
+        options.pop("trials_per_device")  # read from the config when n_jobs=auto packs GPUs
         with one_line_errors("hydra.sweeper.sampler"):
             options["sampler"] = make_sampler(options["sampler"])
         with one_line_errors("hydra.sweeper.pruner"):

@@ -17,6 +17,10 @@ class ResumableOptunaSweeperConf(OptunaSweeperConf):
     _target_: str = "mnist_sweep.sweep.plugin.ResumableOptunaSweeper"
     # The objective's own direction (mnist_sweep/objective.py); checks.py refuses another.
     direction: Any = objective.DIRECTION
+    # Trials in flight at once: a whole number, or `auto` to pack the hardware (cores //
+    # trainer.num_threads on a CPU, `trials_per_device` on each GPU; sweep/packing.py).
+    n_jobs: Any = 1
+    trials_per_device: int = 1
     # With a database storage, each worker records a heartbeat of its running trials every
     # `heartbeat_interval` seconds; a trial silent for `grace_period` seconds is failed and
     # replaced by any worker, on any host (Optuna's heartbeat mechanism).

@@ -48,11 +48,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import queue
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +80,7 @@ from optuna.trial import TrialState
 from mnist_sweep import objective
 from mnist_sweep.config import ConfigError, RunConfig, to_run_config
 from mnist_sweep.masking import masked
-from mnist_sweep.sweep import checks, confirm, fingerprint, liveness, records
+from mnist_sweep.sweep import checks, confirm, fingerprint, liveness, packing, records
 from mnist_sweep.sweep.errors import SweepError, one_line_errors
 from mnist_sweep.sweep.job import CONFIRM_PREFIX, CONFIRM_STUDY, GRID_PREFIX, Pruned, Told
 from mnist_sweep.sweep.progress import TrialsBar
@@ -306,19 +308,22 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         If interrupted (Ctrl-C), the unfinished trials are told FAIL before it stops.
         """
         ask, told = ask or self.liveness.ask, Told(self.identity, study.study_name, role)
-        slots, in_flight, failures = self._slots(), set(), 0
+        slots, in_flight, failures = self._slots(), {}, 0  # in_flight: trial -> its slot
         trials_bar = TrialsBar(study, n_trials)
         finished: queue.SimpleQueue = queue.SimpleQueue()  # (trial, its JobReturn or error)
         try:
             while True:
-                while len(in_flight) < slots and missing(study, n_trials) > 0:
+                while len(in_flight) < len(slots) and missing(study, n_trials) > 0:
+                    slot = min(set(range(len(slots))) - set(in_flight.values()))
                     with interrupts_deferred():
-                        in_flight.add(trial := ask(study))
+                        in_flight[trial := ask(study)] = slot
                     # The plugin's private step from a trial's params to a job's overrides.
-                    overrides = [*self._configure_trials([trial], *space)[0], told.override()]
+                    overrides = [*self._configure_trials([trial], *space)[0],
+                                 *slots[slot].overrides(),
+                                 replace(told, device=slots[slot].device).override()]  # fmt: skip
                     log.info("Trial %d: %s", trial.number,
                              " ".join(f"{k}={v}" for k, v in trial.params.items()))  # fmt: skip
-                    self._start(study, trial, overrides, finished, threaded=slots > 1)
+                    self._start(study, trial, overrides, finished, threaded=len(slots) > 1)
                 if not in_flight:
                     if not running(study):
                         return
@@ -328,7 +333,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                     self.liveness.fail_abandoned(study)
                     continue
                 trial, result = finished.get()
-                in_flight.remove(trial)
+                in_flight.pop(trial)
                 with interrupts_deferred():
                     failures += tell(study, trial, result) is TrialState.FAIL
                 trials_bar.update()
@@ -338,15 +343,30 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                 liveness.fail(study, trial.number)
             raise
 
-    def _slots(self) -> int:
-        """Trials in flight at once: n_jobs, or one when the launcher runs jobs in this
-        process (Hydra's basic launcher), since those cannot share it."""
+    def _slots(self) -> list[packing.Slot]:
+        """The trials in flight at once (packing.py): n_jobs of them, or with n_jobs=auto as
+        many as the cores or GPUs serve; one when the launcher runs jobs in this process
+        (Hydra's basic launcher), since those cannot share it: that one keeps its own threads."""
         if isinstance(self.launcher, BasicLauncher):
-            if self.n_jobs > 1:
-                log.warning("n_jobs=%d: the basic launcher runs one trial at a time; use "
+            if self.n_jobs != 1:
+                log.warning("n_jobs=%s: the basic launcher runs one trial at a time; use "
                             "hydra/launcher=joblib for parallel trials", self.n_jobs)  # fmt: skip
-            return 1
-        return self.n_jobs
+            return packing.fixed(1)
+        return packing.fixed(self.n_jobs) if self.n_jobs != packing.AUTO else self._packed()
+
+    def _packed(self) -> list[packing.Slot]:
+        """n_jobs=auto: the slots this machine serves, logged once."""
+        import torch
+
+        trainer = self.config.trainer
+        gpus = torch.cuda.device_count() if trainer.device in ("auto", "cuda") else 0
+        slots = packing.plan(os.cpu_count() or 1, trainer.num_threads, gpus,
+                             self.config.hydra.sweeper.trials_per_device)  # fmt: skip
+        where = f"{gpus} GPU(s), {self.config.hydra.sweeper.trials_per_device} each" if gpus \
+            else f"{os.cpu_count()} cores"  # fmt: skip
+        log.info("n_jobs=auto: %d trials at once on %s, %d torch thread(s) each", len(slots),
+                 where, slots[0].threads)  # fmt: skip
+        return slots
 
     def _start(
         self, study: optuna.Study, trial: optuna.Trial, overrides: Sequence[str],
@@ -398,12 +418,13 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         log.info("Comma lists only: running the plain grid %s as %s", arguments, name)
         grid_id = f"{self.identity}/{name}"
         parent = records.sweep_parent(self.client, self.experiment, grid_id, True)
-        grid = BasicSweeper(max_batch_size=self.n_jobs)
+        slots = self._slots()  # a grid's batches run on the CPU slots' threads, unpinned
+        grid = BasicSweeper(max_batch_size=len(slots))
         grid.hydra_context, grid.config, grid.launcher = (
             self.hydra_context, self.config, self.launcher
         )  # fmt: skip
         grid.sweep([*arguments, f"hydra.sweep.subdir={name}/${{hydra.job.num}}",
-                    Told(grid_id).override()])  # fmt: skip
+                    *slots[0].overrides(), Told(grid_id).override()])  # fmt: skip
         trials = records.sweep_runs(self.client, self.experiment, grid_id, "trial", "FINISHED")
         folder = Path(self.config.hydra.sweep.dir) / name / "best"
         keep_best(self.client, trials, run_config.sweep, folder, grid_id)
