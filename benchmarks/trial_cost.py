@@ -42,19 +42,23 @@ def sweep(run_py: Path, folder: Path, arguments: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def trial_costs(folder: Path, study_name: str = STUDY) -> list[tuple[int, float, float]]:
-    """(trial number, seconds from ask to tell, fixed seconds) of each COMPLETE trial."""
+def journal_study(folder: Path, name: str = STUDY) -> optuna.Study:
     from optuna.storages.journal import JournalFileBackend
 
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(folder / "optuna_journal.log")))
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def trial_costs(folder: Path, study: optuna.Study) -> list[tuple[int, float, float]]:
+    """(trial number, seconds from ask to tell, fixed seconds) of each COMPLETE trial of the
+    sweep run in `folder`, its MLflow run found by its output folder, trial_<number>."""
     client = mlflow.MlflowClient(f"sqlite:///{folder}/mlflow.db")
     experiment = client.get_experiment_by_name("mnist_sweep").experiment_id
-    trials = client.search_runs([experiment], "tags.`mnist_sweep.role` = 'trial'")
-    runs = {run.data.tags.get("mnist_sweep.trial_number"): run for run in trials}
+    trials = client.search_runs([experiment], "tags.`mnist_sweep.output_dir` != ''")
+    runs = {Path(run.data.tags["mnist_sweep.output_dir"]).name: run for run in trials}
     costs = []
     for trial in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
-        run = runs[str(trial.number)]
+        run = runs[f"trial_{trial.number}"]
         epochs = int(run.data.params["trainer.epochs"])
         train_images = TRAIN_IMAGES if run.data.params["data.train_subset"] == "None" else int(
             run.data.params["data.train_subset"])  # fmt: skip
@@ -70,7 +74,7 @@ def measure(run_py: Path, trials: int, overrides: list[str]) -> dict[str, float]
         arguments = [f"hydra.sweeper.n_trials={trials}", "trainer.epochs=1", "~pruner",
                      f"hydra.sweeper.study_name={STUDY}", *overrides]  # fmt: skip
         wall = sweep(run_py, folder, arguments)
-        costs = trial_costs(folder)
+        costs = trial_costs(folder, journal_study(folder))
     fixed = [cost for _, _, cost in costs]
     training = sum(duration - cost for _, duration, cost in costs)
     return {"sweep wall": wall, "first trial fixed": fixed[0],
