@@ -16,11 +16,12 @@ import logging
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
 import torch
-from mlflow.entities import LoggedModel
+from mlflow.entities import LoggedModel, LoggedModelStatus
 from mlflow.entities.model_registry import ModelVersion
 
 from mnist_sweep import report, tracking
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 BASIS = ("dataset_digest", "val_split")
 TAG = "mnist_sweep.{}".format
 EARLIER_CHECKPOINT_IN_MODEL = "artifacts/model.pt"
+LOGGING_WAIT_S = 120.0  # for another worker logging the kept model (about 1 s, more on a server)
 
 
 def best_trial(
@@ -177,11 +179,19 @@ def kept_model(
     """The kept run's MLflow Model: the one it logged (a run outside a sweep, or a trial kept
     before), else logged now from its model.pt, with its evaluation report written to
     `report_folder` and both added to its run. A sweep's trials log neither (experiment.run):
-    only the kept one needs them."""
-    try:
-        return logged_model(client, run)
-    except LookupError:
-        pass
+    only the kept one needs them.
+
+    Workers of one sweep ending together keep the same run: one that finds the model still
+    being logged by another waits for it (up to LOGGING_WAIT_S) rather than log its own."""
+    waited = 0.0
+    while models := client.search_logged_models(
+        [run.info.experiment_id], f"source_run_id = '{run.info.run_id}'"
+    ):
+        ready = [model for model in models if model.status == LoggedModelStatus.READY]
+        if ready or waited >= LOGGING_WAIT_S:
+            return min(ready or models, key=lambda model: model.creation_timestamp)
+        time.sleep(0.5)
+        waited += 0.5
     with tempfile.TemporaryDirectory() as download:
         path = Path(client.download_artifacts(run.info.run_id, "model.pt", download))
         checkpoint = read_checkpoint(path)
@@ -189,22 +199,12 @@ def kept_model(
         files = DataFiles(data["root"], data.get("source_dir"), data.get("download", False),
                           DatasetName(data.get("name", "mnist")))  # fmt: skip
         with mlflow.start_run(run_id=run.info.run_id):
-            tracking.log_model(path)
+            model_id = tracking.log_model(path)
             predictions = predict(classifier_from(checkpoint), test_batches(files),
                                   torch.device("cpu"))  # fmt: skip
             report.report_and_log(predictions, report_folder, checkpoint.get("history", []),
                                   checkpoint["class_names"])  # fmt: skip
-    return logged_model(client, run)
-
-
-def logged_model(client: mlflow.MlflowClient, run: mlflow.entities.Run) -> LoggedModel:
-    """The MLflow Model that `run` logged (tracking.log_model)."""
-    models = client.search_logged_models(
-        [run.info.experiment_id], f"source_run_id = '{run.info.run_id}'"
-    )
-    if not models:
-        raise LookupError(f"MLflow run {run.info.run_id} logged no model, so none can be kept")
-    return models[0]
+    return client.get_logged_model(model_id)
 
 
 def register(
