@@ -3,7 +3,10 @@ sweep's trial retried from its last finished epoch after its worker stopped."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import mlflow
@@ -14,6 +17,7 @@ from optuna.trial import TrialState
 from mnist_sweep import experiment, resume
 from mnist_sweep.config import ConfigError
 from mnist_sweep.sweep import records, retry
+from mnist_sweep.sweep.liveness import OWNER
 from mnist_sweep.tracking import OUTPUT_DIR
 
 from tests.support import (
@@ -23,6 +27,7 @@ from tests.support import (
     small_overrides,
     stop_when_saved,
     study,
+    sweep_command,
 )
 
 pytestmark = pytest.mark.slow  # each test trains small runs of 3 epochs
@@ -197,6 +202,32 @@ def test_a_stopped_trial_continues_from_its_next_epoch_in_its_mlflow_run(
     curve = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert [metric.step for metric in curve] == [1, 2, 3, 4]  # one curve, each epoch once
     assert not list((tmp_path / "multirun" / "mlp").glob("*/state.pt"))
+
+
+def test_a_killed_joblib_worker_costs_its_trial_a_retry_not_the_sweep(
+    data_root: Path, tmp_path: Path, uninterrupted: dict
+) -> None:
+    overrides = [*SWEEP, "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2"]
+    sweep = subprocess.Popen(
+        sweep_command(data_root, *overrides), cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    state = tmp_path / "multirun" / "mlp" / "trial_0" / resume.STATE_FILE
+    deadline = time.monotonic() + 300
+    while not state.exists():
+        assert time.monotonic() < deadline and sweep.poll() is None, "no state was saved"
+        time.sleep(0.01)
+    _, runs = mlflow_runs(tmp_path, "trial")
+    [first] = [run for run in runs if run.data.tags[records.TRIAL_NUMBER] == "0"]
+    os.kill(int(first.data.tags[OWNER].rpartition(":")[2]), signal.SIGKILL)  # its worker
+    output, _ = sweep.communicate(timeout=300)
+    assert sweep.returncode == 0, output[-3000:]
+    trials = study(tmp_path).trials
+    done = [trial for trial in trials if trial.state is TrialState.COMPLETE]
+    assert len(done) == 2 and trials[0].state is TrialState.FAIL
+    retried = the_retry(tmp_path, of=0)
+    assert retried.state is TrialState.COMPLETE
+    assert retried.value == uninterrupted[tuple(SWEEP)][0].value
 
 
 def test_a_retried_trial_gets_the_pruning_decision_of_an_uninterrupted_one(

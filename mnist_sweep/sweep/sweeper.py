@@ -54,6 +54,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +154,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         self.identity = sweep_id(config.hydra)
 
-    def _worker_gone(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def _worker_gone(self, study: optuna.Study, trial: optuna.trial.BaseTrial) -> None:
         """Trial `trial` was failed because its worker is gone: retry it, and fail its MLflow
         run (which its retry continues, if its worker saved a training state)."""
         then = self._retry(study, trial.number)
@@ -349,6 +350,11 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                 trial, result = finished.get()
                 in_flight.remove(trial)
                 with interrupts_deferred():
+                    if isinstance(result, BrokenProcessPool):
+                        # Its worker process died (killed, out of memory): as a worker gone.
+                        if liveness.fail(study, trial.number):
+                            self._worker_gone(study, trial)
+                        continue
                     failures += tell(study, trial, result) is TrialState.FAIL
                 trials_bar.update()
                 self._check_failures(failures)
