@@ -307,3 +307,13 @@ def test_a_job_given_its_earlier_state_reports_it_and_continues(
     experiment.run(cfg(data_root, tmp_path), tmp_path / "second", job)
     assert [metrics.epoch for metrics in job.resumed_with] == [1, 2]
     assert not job.state.exists()  # the state it continued is spent
+
+
+def test_a_state_left_by_a_deleted_study_of_the_same_name_is_not_continued(
+    data_root: Path, tmp_path: Path, uninterrupted: dict
+) -> None:
+    stop_when_saved(data_root, tmp_path, SWEEP, signal.SIGKILL)
+    (tmp_path / "optuna_journal.log").unlink()  # the study is started again from nothing
+    rerun = run_sweep(tmp_path, data_root, *SWEEP)
+    assert "Continuing" not in rerun.stdout
+    assert study(tmp_path).trials[0].value == uninterrupted[tuple(SWEEP)][0].value

@@ -83,11 +83,15 @@ class SweepJob:
         from mnist_sweep.sweep import retry
 
         own = self.folder / STATE_FILE
-        states = [own] if own.exists() else []
-        if self.optuna_trial is not None:
-            retry.record_folder(self.optuna_trial, self.folder)
-            states += retry.earlier_states(*self.study, self.frozen_trial())
-        return states
+        if self.optuna_trial is None:  # a grid's job: its folder is new to each grid
+            return [own] if own.exists() else []
+        trial = self.frozen_trial()
+        # Its own folder's state counts only if this trial wrote it (this job ran before and
+        # was requeued), not a study of the same name that was deleted and started again.
+        ran_here = trial.user_attrs.get(retry.FOLDER) == str(self.folder)
+        retry.record_folder(self.optuna_trial, self.folder)
+        own_state = [own] if ran_here and own.exists() else []
+        return own_state + retry.earlier_states(*self.study, trial)
 
     def resumed(self, history: list[EpochMetrics]) -> None:
         """The run continues a training state of `history`: its epochs go to the trial."""
