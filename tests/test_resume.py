@@ -202,6 +202,7 @@ def test_a_stopped_trial_continues_from_its_next_epoch_in_its_mlflow_run(
     curve = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert [metric.step for metric in curve] == [1, 2, 3, 4]  # one curve, each epoch once
     assert not list((tmp_path / "multirun" / "mlp").glob("*/state.pt"))
+    assert (tmp_path / "multirun" / "mlp" / "best" / "model.pt").exists()
 
 
 def test_a_killed_joblib_worker_costs_its_trial_a_retry_not_the_sweep(
