@@ -44,6 +44,13 @@ class Job(Protocol):
     def tags(self, config: MlflowConfig) -> dict[str, str]:
         """The run's MLflow tags."""
 
+    def states(self) -> list[Path]:
+        """Training states the job may continue from, newest first (a retried trial's)."""
+
+    def resumed(self, history: list[EpochMetrics]) -> None:
+        """Called when the run continues a state that trained `history`; may raise
+        StoppedEarly, as after_epoch."""
+
     def after_epoch(self, metrics: EpochMetrics) -> None:
         """Called after each logged epoch; raises StoppedEarly to stop the run there."""
 
@@ -63,6 +70,8 @@ def run(cfg: DictConfig, output_dir: Path, job: Job | None = None) -> float:
     tags = job.tags(config.mlflow) if job is not None else {}
     flat, name = tracking.flatten(resolved), tracking.run_name(config)
     start = _resume_from(config, flat)
+    if start is None and job is not None:
+        start = _resume_job(job, flat)
     run_id = None if start is None else start["run_id"]
     with tracking.tracked_run(config.mlflow, flat, tags, name, run_id) as active:
         tracking.set_tags({tracking.OUTPUT_DIR: str(output_dir.resolve())})
@@ -84,12 +93,14 @@ def run(cfg: DictConfig, output_dir: Path, job: Job | None = None) -> float:
                     job.after_epoch(metrics)
 
             try:
+                if start is not None and job is not None:
+                    job.resumed([EpochMetrics(**epoch) for epoch in start["history"]])
                 history = fit(model, loaders.train, loaders.val, config.optimizer,
                               config.trainer, target, on_epoch, augment,
                               start, snapshot)  # fmt: skip
             except StoppedEarly:
                 tracking.end_run("KILLED")
-                (output_dir / resume.STATE_FILE).unlink(missing_ok=True)  # it never resumes
+                _remove_states(output_dir, start)  # a pruned trial never resumes
                 raise
         train_seconds = time.perf_counter() - training_started
         # One pass over the test set serves the test metrics and the evaluation report.
@@ -122,7 +133,7 @@ def run(cfg: DictConfig, output_dir: Path, job: Job | None = None) -> float:
             report.report_and_log(predictions, output_dir / "evaluation", records,
                                   class_names(config.data.name))  # fmt: skip
     if not config.trainer.keep_state:
-        (output_dir / resume.STATE_FILE).unlink(missing_ok=True)
+        _remove_states(output_dir, start)
     return objective.value(history[-1])
 
 
@@ -138,7 +149,31 @@ def _resume_from(config: RunConfig, flat: dict[str, Any]) -> dict[str, Any] | No
     except resume.StateError as error:
         raise ConfigError(f"trainer.resume={where}: {error}") from error
     log.info("Resuming MLflow run %s after epoch %d from %s", state["run_id"], state["epoch"], path)
-    return state
+    return {**state, "path": path}
+
+
+def _resume_job(job: Job, flat: dict[str, Any]) -> dict[str, Any] | None:
+    """The newest training state a sweep's job may continue (a retried or requeued trial's), or
+    None: a missing or damaged one costs a warning and a start from epoch 1, never the trial."""
+    states = job.states()
+    if not states:
+        return None
+    path = next((state for state in states if state.exists()), states[0])
+    try:
+        state = resume.load(path, what_it_computes(flat))
+    except resume.StateError as error:
+        log.warning("Starting over from epoch 1: %s", error)
+        return None
+    log.info("Continuing MLflow run %s after epoch %d from %s", state["run_id"], state["epoch"],
+             path)  # fmt: skip
+    return {**state, "path": path}
+
+
+def _remove_states(output_dir: Path, start: dict[str, Any] | None) -> None:
+    """A finished run's training state, and the one it continued from."""
+    (output_dir / resume.STATE_FILE).unlink(missing_ok=True)
+    if start is not None:
+        Path(start["path"]).unlink(missing_ok=True)
 
 
 def _snapshots(output_dir: Path, flat: dict[str, Any], run_id: str) -> Any:

@@ -36,6 +36,7 @@ from typing import Any
 import mlflow
 import optuna
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from optuna.trial import TrialState
@@ -130,6 +131,25 @@ def interrupt_mid_trial(
     os.kill(process.pid, stop)
     process.wait(timeout=60)
     return states(folder)
+
+
+def stop_when_saved(
+    data_root: Path, folder: Path, overrides: list[str], stop: signal.Signals, trial: int = 0
+) -> int:
+    """Start a sweep and send it `stop` as soon as trial `trial` has saved the training state of
+    an epoch; the epoch of the state it leaves."""
+    state = folder / "multirun" / "mlp" / f"trial_{trial}" / "state.pt"
+    process = subprocess.Popen(
+        sweep_command(data_root, *overrides), cwd=folder,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not state.exists():
+        assert process.poll() is None and time.monotonic() < deadline, "no state was saved"
+        time.sleep(0.01)
+    os.kill(process.pid, stop)
+    process.wait(timeout=60)
+    return torch.load(state, weights_only=True)["epoch"]
 
 
 def mlflow_runs(folder: Path, role: str):

@@ -8,7 +8,7 @@ import logging
 import optuna
 
 from mnist_sweep import console
-from mnist_sweep.sweep import progress
+from mnist_sweep.sweep import progress, retry
 
 
 class Terminal(io.StringIO):
@@ -37,10 +37,13 @@ def test_trials_bar_logs_a_line_per_update_without_a_terminal(monkeypatch, caplo
     bar = progress.TrialsBar(study, n_trials=3)
     study.tell(study.ask(), 0.9)
     study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    stopped = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    study.tell(stopped, state=optuna.trial.TrialState.FAIL)
+    retry.retry(study, study.trials[stopped.number], max_retries=1)  # its worker stopped
     with caplog.at_level(logging.INFO, logger=progress.__name__):
         bar.update()
     lines = [record.getMessage() for record in caplog.records if record.name == progress.__name__]
-    assert lines == ["1 of 3 trials done, best 0.9000 (trial 0), 1 failed"]
+    assert lines == ["1 of 3 trials done, best 0.9000 (trial 0), 1 failed, 1 retried"]
 
 
 def test_trials_bar_counts_done_trials_on_a_terminal(monkeypatch) -> None:

@@ -148,7 +148,7 @@ def test_a_freed_slot_is_refilled_without_waiting_for_the_slowest_trial() -> Non
     )  # fmt: skip
     sweeper.launcher, sweeper.config, sweeper.identity = launcher, None, "timed"
     storage = optuna.storages.InMemoryStorage()
-    sweeper.liveness = Liveness(storage, on_failed=lambda study, trial: None)
+    sweeper.storage, sweeper.liveness = storage, Liveness(storage, lambda study, trial: None)
     study = optuna.create_study(direction="maximize", storage=storage)
     sweeper._run_trials(study, ({"x": FloatDistribution(0, 1)}, {}, []), sweeper.n_trials, "trial")
     # Trials 1-4 ran one after another in the second slot while trial 0 held the first.

@@ -224,22 +224,21 @@ def test_workers_registering_the_best_run_at_once_leave_one_version(
     assert client.get_model_version_by_alias(config.registered_model, "champion").version == "1"
 
 
-def test_a_worker_killed_mid_trial_is_failed_and_replaced_within_the_grace_period(
+def test_a_worker_killed_mid_trial_is_failed_and_its_trial_resumed_by_the_survivor(
     postgres: Postgres, tracking_server: MlflowServer, data_root: Path, tmp_path: Path
 ) -> None:
     sweep = Sweep("killed_worker", postgres, tracking_server, data_root)
     # Longer trials, so that the survivor is busy training when the grace period runs out.
-    longer = ["hydra.sweeper.n_trials=3", "trainer.epochs=2"]
+    longer = ["hydra.sweeper.n_trials=3", "trainer.epochs=3", "~pruner"]
     doomed, survivor = sweep.start(tmp_path, *longer), sweep.start(tmp_path, *longer)
     doomed_owner = f"{socket.gethostname()}:{doomed.pid}"
 
-    def doomed_trial_in_its_run() -> list[optuna.trial.FrozenTrial]:
+    def doomed_trial_past_its_first_epoch() -> list[optuna.trial.FrozenTrial]:
         running = sweep.trials(TrialState.RUNNING)
-        mine = [t for t in running if t.user_attrs.get(OWNER) == doomed_owner]
-        numbers = {run.data.tags.get("mnist_sweep.trial_number") for run in sweep.runs()}
-        return [t for t in mine if str(t.number) in numbers]
+        return [t for t in running if t.user_attrs.get(OWNER) == doomed_owner
+                and t.intermediate_values]  # fmt: skip
 
-    [victim] = wait_for(doomed_trial_in_its_run)
+    [victim] = wait_for(doomed_trial_past_its_first_epoch, every_s=0.05)
     # No signal handler runs, nothing is told: as when a host is lost. Liveness by process id
     # is not used with heartbeats, so the survivor judges this worker as if it ran elsewhere.
     os.kill(doomed.pid, signal.SIGKILL)
@@ -251,12 +250,19 @@ def test_a_worker_killed_mid_trial_is_failed_and_replaced_within_the_grace_perio
     # HEARTBEAT_S while training (every 2 s while waiting).
     assert GRACE_S - HEARTBEAT_S - 0.5 <= failed_after_s <= GRACE_S + 3
 
-    finish(survivor)  # it ends by itself, with the failed trial replaced
-    states = [trial.state for trial in sweep.study().trials]
+    finish(survivor)  # it ends by itself, having run the failed trial's retry
+    trials = sweep.study().trials
+    states = [trial.state for trial in trials]
     assert states.count(TrialState.COMPLETE) == 3 and states.count(TrialState.FAIL) == 1
+    [retried] = [t for t in trials if t.system_attrs.get("retry_history") == [victim.number]]
+    assert retried.params == victim.params and retried.state is TrialState.COMPLETE
+    assert "Continuing MLflow run" in survivor.log.read_text()
     runs = {run.data.tags["mnist_sweep.trial_number"]: run for run in sweep.runs()}
-    assert runs[str(victim.number)].info.status == "FAILED"
-    assert sum(run.info.status == "FINISHED" for run in runs.values()) == 3
+    assert str(victim.number) not in runs  # its run went on as its retry's
+    assert [run.info.status for run in runs.values()] == ["FINISHED"] * 3
+    client = mlflow.MlflowClient(tracking_server.url)
+    curve = client.get_metric_history(runs[str(retried.number)].info.run_id, "val_accuracy")
+    assert [metric.step for metric in curve] == [1, 2, 3]
 
 
 def test_a_tracking_server_restarted_mid_sweep_loses_nothing(
@@ -290,6 +296,33 @@ def test_trials_run_as_slurm_jobs(slurm: SlurmCluster, data_root: Path, tmp_path
     assert {run.info.status for run in runs} == {"FINISHED"} and len(runs) == 2
     jobs = slurm.command("sacct", "-X", "-n", "-P", "-o", "JobName,State").split()
     assert jobs.count("run|COMPLETED") == 2  # submitit names the jobs after run.py
+
+
+def test_a_trial_whose_slurm_job_is_requeued_continues_from_its_last_epoch(
+    slurm: SlurmCluster, data_root: Path, tmp_path: Path
+) -> None:
+    command = sweep_command(
+        data_root, "hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug",
+        "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10", "hydra.sweeper.n_trials=1",
+        "trainer.epochs=3", "sweep.min_test_accuracy=0.5",
+    )  # fmt: skip
+    sweep = subprocess.Popen(command, cwd=tmp_path, env=slurm.env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    state = tmp_path / "multirun" / "mlp" / "trial_0" / "state.pt"
+    wait_for(state.exists, every_s=0.05)
+    [job] = slurm.command("squeue", "-h", "-o", "%i").split()
+    slurm.command("scontrol", "requeue", job)  # as SLURM does on preemption
+    output, _ = sweep.communicate(timeout=400)
+    assert sweep.returncode == 0, output[-3000:]
+    assert states(tmp_path) == [TrialState.COMPLETE]
+    history = slurm.command("sacct", "-D", "-X", "-n", "-P", "-o", "State", "-j", job).split()
+    assert history[0] == "REQUEUED" and history[-1] == "COMPLETED", history
+    log = (tmp_path / "multirun" / "mlp" / "trial_0" / "run.log").read_text()
+    assert f"from {state}" in log  # the requeued job continued its own state
+    client, [run] = mlflow_runs(tmp_path, "trial")
+    assert run.info.status == "FINISHED"
+    curve = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [metric.step for metric in curve] == [1, 2, 3]
 
 
 SLURM_ENDED = frozenset(
@@ -344,23 +377,37 @@ def running_trial_with_its_run(sweep: Sweep) -> optuna.trial.FrozenTrial | None:
     return next((trial for trial in running if str(trial.number) in numbers), None)
 
 
-def test_a_requeued_worker_job_fails_its_trial_and_resumes_the_study(
+def test_a_requeued_worker_job_resumes_the_study_and_its_trial_from_its_last_epoch(
     slurm: SlurmCluster, postgres: Postgres, tracking_server: MlflowServer, data_root: Path,
     tmp_path: Path,
 ) -> None:  # fmt: skip
     sweep = Sweep("slurm_requeue", postgres, tracking_server, data_root)
-    worker = WorkerJob(slurm, sweep, tmp_path, "hydra.sweeper.n_trials=2", "trainer.epochs=2")
-    victim = wait_for(lambda: running_trial_with_its_run(sweep))
+    worker = WorkerJob(slurm, sweep, tmp_path, "hydra.sweeper.n_trials=2", "trainer.epochs=3",
+                       "~pruner")  # fmt: skip
+    victim = wait_for(lambda: running_trial_past_its_first_epoch(sweep), every_s=0.05)
     slurm.command("scontrol", "requeue", worker.id)  # as SLURM does on preemption
     wait_for(lambda: sweep.trials()[victim.number].state is TrialState.FAIL, GRACE_S + 5)
     # SLURM holds a requeued job back until the old credential expires (the cluster's
     # cred_expire); starting it sooner fails its launch with "Job credential revoked".
     state = worker.wait_for_end(300)
     assert state == "COMPLETED", worker.diagnosis()
-    states = [trial.state for trial in sweep.trials()]
+    trials = sweep.trials()
+    states = [trial.state for trial in trials]
     assert states.count(TrialState.COMPLETE) == 2 and TrialState.RUNNING not in states
+    [retried] = [t for t in trials if t.system_attrs.get("retry_history") == [victim.number]]
+    assert retried.state is TrialState.COMPLETE and retried.params == victim.params
+    assert "Continuing MLflow run" in (tmp_path / f"worker-{worker.id}.out").read_text()
     runs = {run.data.tags["mnist_sweep.trial_number"]: run for run in sweep.runs()}
-    assert runs[str(victim.number)].info.status == "FAILED"
+    assert {run.info.status for run in runs.values()} == {"FINISHED"} and len(runs) == 2
+    client = mlflow.MlflowClient(tracking_server.url)
+    curve = client.get_metric_history(runs[str(retried.number)].info.run_id, "val_accuracy")
+    assert [metric.step for metric in curve] == [1, 2, 3]
+
+
+def running_trial_past_its_first_epoch(sweep: Sweep) -> optuna.trial.FrozenTrial | None:
+    """A running trial that has saved a training state (it reports after saving)."""
+    running = sweep.trials(TrialState.RUNNING)
+    return next((trial for trial in running if trial.intermediate_values), None)
 
 
 def test_a_cancelled_worker_job_leaves_nothing_running(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -29,7 +28,6 @@ from tests.support import (
     Meeting,
     at_once,
     flock_waiters,
-    interrupt_mid_trial,
     mlflow_runs,
     run_sweep,
     states,
@@ -100,34 +98,6 @@ def test_cnn_sweep_searches_cnn_shapes_in_its_own_study(data_root: Path, tmp_pat
         images.numpy()
     )
     torch.testing.assert_close(torch.from_numpy(served), model(images).detach())
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
-def test_interrupted_sweep_resumes_to_exactly_n_trials_without_duplicate_runs(
-    data_root: Path, tmp_path: Path, stop: signal.Signals
-) -> None:
-    # Three epochs a trial, so the signal lands inside a trial, not between two.
-    overrides = ["hydra.sweeper.n_trials=4", "sweep.min_test_accuracy=0.5", "trainer.epochs=3"]
-    before = interrupt_mid_trial(data_root, tmp_path, overrides, stop)
-    assert 1 <= before.count(TrialState.COMPLETE) < 4
-    if stop is signal.SIGINT:
-        # Ctrl-C fails the trial in flight at once (or lets it finish, if its result was being
-        # recorded); a killed process leaves it RUNNING, for the resume to mark FAIL.
-        assert TrialState.RUNNING not in before
-
-    run_sweep(tmp_path, data_root, *overrides)
-    after = states(tmp_path)
-    assert after.count(TrialState.COMPLETE) == 4
-    assert after[: len(before)] == [
-        TrialState.FAIL if state is TrialState.RUNNING else state for state in before
-    ]
-    _, trials = mlflow_runs(tmp_path, "trial")
-    finished = [run for run in trials if run.info.status == "FINISHED"]
-    assert len(finished) == 4
-    assert len({run.data.tags["mnist_sweep.trial"] for run in trials}) == len(trials)
-    assert all(run.info.status in {"FINISHED", "FAILED"} for run in trials)
-    assert (tmp_path / "multirun" / "mlp" / "best" / "model.pt").exists()
 
 
 @pytest.mark.slow

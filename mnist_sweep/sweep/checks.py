@@ -60,6 +60,9 @@ def check_sweeper(sweeper: DictConfig, objective_direction: str) -> None:
     for key in ("heartbeat_interval", "grace_period"):
         require(is_int(sweeper[key]) and sweeper[key] > 0, key, sweeper[key],
                 "must be a whole number of seconds > 0")  # fmt: skip
+    require(is_int(sweeper.max_retries) and sweeper.max_retries >= 0, "max_retries",
+            sweeper.max_retries, "must be a whole number >= 0 (retries of a trial whose "
+            "worker stopped)")  # fmt: skip
     require(sweeper.grace_period > sweeper.heartbeat_interval, "grace_period",
             sweeper.grace_period, f"must exceed hydra.sweeper.heartbeat_interval="
             f"{sweeper.heartbeat_interval}, or live trials would be failed")  # fmt: skip

@@ -52,12 +52,14 @@ class Pruned:
 
 @dataclass
 class SweepJob:
-    """A running job of a sweep: its trial's name (its output folder under the sweep's) and
-    number, and the sweeper's config (its storage and pruner), to reach its Optuna trial."""
+    """A running job of a sweep: its trial's name (its output folder under the sweep's),
+    number and output folder, and the sweeper's config (its storage and pruner), to reach its
+    Optuna trial."""
 
     told: Told
     trial: str
     number: int
+    folder: Path
     sweeper: Any = field(repr=False, default=None)
 
     def tags(self, config: MlflowConfig) -> dict[str, str]:
@@ -69,6 +71,8 @@ class SweepJob:
 
         tags = records.trial_tags(config, self.told.sweep_id, self.trial, self.number,
                                   this_process(), self.told.role)  # fmt: skip
+        if self.optuna_trial is not None:
+            tags.update(records.retry_tags(self.frozen_trial()))
         if config.run_name is None:  # MLflow refuses a name given both ways
             tags[MLFLOW_RUN_NAME] = self.trial
         return tags
@@ -80,18 +84,64 @@ class SweepJob:
 
             torch.cuda.set_device(self.told.device)
 
+    def states(self) -> list[Path]:
+        """Training states this job may continue from, newest first: its own folder's (its
+        SLURM job was requeued) if there is one, then its trial's earlier attempts' (a retried
+        trial: sweep/retry.py). Records this attempt's folder on its trial."""
+        from mnist_sweep.resume import STATE_FILE
+        from mnist_sweep.sweep import retry
+
+        own = self.folder / STATE_FILE
+        if self.optuna_trial is None:  # a grid's job: its folder is new to each grid
+            return [own] if own.exists() else []
+        trial = self.frozen_trial()
+        # Its own folder's state counts only if this trial wrote it (this job ran before and
+        # was requeued), not a study of the same name that was deleted and started again.
+        ran_here = trial.user_attrs.get(retry.FOLDER) == str(self.folder)
+        retry.record_folder(self.optuna_trial, self.folder)
+        own_state = [own] if ran_here and own.exists() else []
+        return own_state + retry.earlier_states(*self.study, trial)
+
+    def resumed(self, history: list[EpochMetrics]) -> None:
+        """The run continues a training state of `history`: its epochs go to the trial."""
+        if self.optuna_trial is not None:
+            self.reporter.catch_up(history)
+
     def after_epoch(self, metrics: EpochMetrics) -> None:
         """Report the epoch to the job's Optuna trial, if it has one (sweep/pruning.py)."""
-        if self.reporter is not None:
+        if self.optuna_trial is not None:
             self.reporter(metrics)
+
+    @functools.cached_property
+    def study(self) -> tuple[Any, Any]:
+        """The storage and Optuna study of the job's trial."""
+        from mnist_sweep.sweep import pruning
+
+        return pruning.open_study(self.told, self.sweeper)
+
+    @functools.cached_property
+    def optuna_trial(self) -> Any:
+        """The job's running Optuna trial; None for a job of a plain grid."""
+        import optuna
+
+        from mnist_sweep.sweep.liveness import trial_id
+
+        if self.told.study is None:
+            return None
+        storage, study = self.study
+        return optuna.Trial(study, trial_id(storage, study, self.number))
+
+    def frozen_trial(self) -> Any:
+        """The job's trial as the study has it now, with its retry history."""
+        from mnist_sweep.sweep import retry
+
+        return retry.frozen(*self.study, self.number)
 
     @functools.cached_property
     def reporter(self) -> Any:
         from mnist_sweep.sweep import pruning
 
-        if self.told.study is None:
-            return None
-        return pruning.reporting(pruning.open_trial(self.told, self.number, self.sweeper))
+        return pruning.Reporter(self.optuna_trial)
 
 
 def current(hydra_cfg: Any) -> SweepJob | None:
@@ -101,4 +151,5 @@ def current(hydra_cfg: Any) -> SweepJob | None:
         return None
     folder = Path(hydra_cfg.runtime.output_dir).resolve()
     trial = folder.relative_to(Path(hydra_cfg.sweep.dir).resolve()).as_posix()
-    return SweepJob(Told(**json.loads(told)), trial, hydra_cfg.job.num, hydra_cfg.sweeper)
+    return SweepJob(Told(**json.loads(told)), trial, hydra_cfg.job.num, folder,
+                    hydra_cfg.sweeper)  # fmt: skip

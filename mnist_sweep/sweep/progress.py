@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from mnist_sweep.console import bars_shown
+from mnist_sweep.sweep.retry import earlier_attempts
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,10 @@ class TrialsBar:
         """Show the study as it is now: trials done (complete or pruned), failed, best."""
         trials = self.study.get_trials(deepcopy=False)
         done = sum(trial.state in (TrialState.COMPLETE, TrialState.PRUNED) for trial in trials)
-        failed = sum(trial.state is TrialState.FAIL for trial in trials)
+        retried = {number for trial in trials for number in earlier_attempts(trial)}
+        failed = sum(t.state is TrialState.FAIL and t.number not in retried for t in trials)
         complete = [trial for trial in trials if trial.state is TrialState.COMPLETE]
-        summary = f"{failed} failed"
+        summary = f"{failed} failed" + (f", {len(retried)} retried" if retried else "")
         if complete:
             best = self.study.best_trial
             summary = f"best {best.value:.4f} (trial {best.number}), {summary}"

@@ -12,7 +12,7 @@ job.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import warnings
 from typing import Any
 
 import optuna
@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from mnist_sweep import objective, tracking
 from mnist_sweep.sweep import records
 from mnist_sweep.sweep.job import Told
-from mnist_sweep.sweep.liveness import OWNER, process_is_gone, trial_id
+from mnist_sweep.sweep.liveness import OWNER, process_is_gone
 from mnist_sweep.sweep.storage import make_storage
 from mnist_sweep.training import EpochMetrics, StoppedEarly
 
@@ -42,15 +42,15 @@ class TrialEndedElsewhere(RuntimeError):
     """The study ended this job's trial while it trained."""
 
 
-def open_trial(told: Told, number: int, sweeper: Any) -> optuna.Trial:
-    """The job's running Optuna trial `number` of the study it was told, in the sweeper's
-    storage (`sweeper` is the job's hydra.sweeper config)."""
+def open_study(told: Told, sweeper: Any) -> tuple[Any, optuna.Study]:
+    """The storage and Optuna study a job was told, opened with the sweeper's storage and
+    pruner (`sweeper` is the job's hydra.sweeper config)."""
     # A confirmation is never pruned: it measures a configuration over its whole budget.
     pruner = make_pruner(sweeper.pruner) if told.role == "trial" else None
     storage = make_storage(sweeper.storage)
     study = optuna.load_study(study_name=told.study, storage=storage,
                               pruner=pruner or optuna.pruners.NopPruner())  # fmt: skip
-    return optuna.Trial(study, trial_id(storage, study, number))
+    return storage, study
 
 
 def still_running(trial: optuna.Trial) -> bool:
@@ -61,22 +61,36 @@ def still_running(trial: optuna.Trial) -> bool:
     return bool(ours) and not process_is_gone(ours[0].user_attrs.get(OWNER, ""))
 
 
-def reporting(trial: optuna.Trial) -> Callable[[EpochMetrics], None]:
+class Reporter:
     """After each epoch: its objective reported to `trial`; raises StoppedEarly (after tagging
     the MLflow run) when the pruner stops the trial, and TrialEndedElsewhere when the study no
     longer runs it."""
 
-    def report(metrics: EpochMetrics) -> None:
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def __call__(self, metrics: EpochMetrics) -> None:
+        trial = self.trial
         if not still_running(trial):
             raise TrialEndedElsewhere(
                 f"trial {trial.number} is no longer running in the study (another worker "
                 "failed it, or its sweep process is gone); this job stops"
             )
-        trial.report(objective.value(metrics), metrics.epoch)
+        with warnings.catch_warnings():
+            # A retry inherits its earlier attempts' reports (sweep/retry.py).
+            warnings.filterwarnings("ignore", "The reported value is ignored", UserWarning)
+            trial.report(objective.value(metrics), metrics.epoch)
         if trial.should_prune():
             log.info("Trial %d pruned at epoch %d (%s %.4f)", trial.number, metrics.epoch,
                      objective.METRIC, objective.value(metrics))  # fmt: skip
             tracking.set_tags({records.PRUNED_AT_EPOCH: str(metrics.epoch)})
             raise StoppedEarly(metrics.epoch)
 
-    return report
+    def catch_up(self, history: list[EpochMetrics]) -> None:
+        """A resumed trial's epochs: those its earlier attempt trained but did not report are
+        reported, and the pruner judges the last, as it would have right after training it."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The reported value is ignored", UserWarning)
+            for metrics in history[:-1]:
+                self.trial.report(objective.value(metrics), metrics.epoch)
+        self(history[-1])

@@ -21,6 +21,7 @@ SWEEP_ID = "mnist_sweep.sweep_id"  # the study's name, or the grid's folder
 TRIAL = "mnist_sweep.trial"  # the trial's output folder, relative to the sweep's
 TRIAL_NUMBER = "mnist_sweep.trial_number"  # the Optuna trial number (Hydra's job number)
 PRUNED_AT_EPOCH = "mnist_sweep.pruned_at_epoch"  # on a trial's run that its pruner stopped
+RETRY_OF = "mnist_sweep.retry_of"  # a retried trial's earlier attempts (sweep/retry.py)
 # What a trial's MLflow run ends as, for each state Optuna gave its trial.
 RUN_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED",
               TrialState.FAIL: "FAILED"}  # fmt: skip
@@ -92,6 +93,14 @@ def trial_tags(
     if parent is not None:
         tags[MLFLOW_PARENT_RUN_ID] = parent.info.run_id
     return tags
+
+
+def retry_tags(trial: optuna.trial.FrozenTrial) -> dict[str, str]:
+    """A retried trial's run names the attempts before it ("3,7"), oldest first."""
+    from mnist_sweep.sweep.retry import earlier_attempts
+
+    earlier = earlier_attempts(trial)
+    return {RETRY_OF: ",".join(map(str, earlier))} if earlier else {}
 
 
 def mirror_study(

@@ -26,6 +26,9 @@ class ResumableOptunaSweeperConf(OptunaSweeperConf):
     # replaced by any worker, on any host (Optuna's heartbeat mechanism).
     heartbeat_interval: int = 10
     grace_period: int = 60
+    # A trial whose worker stopped (killed, preempted, heartbeat stale, Ctrl-C) is retried with
+    # its parameters from its last finished epoch, at most this many times (sweep/retry.py).
+    max_retries: int = 3
     # An Optuna pruner as a config with `_target_` (optuna.pruners.MedianPruner, ...) that
     # each trial's job consults after every epoch; None: every trial trains its full budget.
     pruner: Any = None

@@ -80,6 +80,8 @@ def optuna_plots(study: optuna.Study, folder: Path) -> list[Path]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                # A parameter that all trials share (a retry's, a small sweep's) has one value.
+                warnings.filterwarnings("ignore", "Attempting to set identical", UserWarning)
                 axes = plot(study)
         except (ValueError, RuntimeError) as error:
             log.warning("Optuna %s plot skipped: %s", name, error)

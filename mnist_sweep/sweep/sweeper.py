@@ -9,9 +9,10 @@ Differences from `hydra_plugins.hydra_optuna_sweeper` (whose search-space parsin
   the job's TrialPruned comes back in its JobReturn and the trial is told PRUNED;
 - up to `n_jobs` trials are in flight, each launched on its own as soon as a slot frees, rather
   than in batches that wait for their slowest (or longest unpruned) trial;
-- trials left RUNNING by a dead worker are marked FAIL (Optuna) and FAILED (MLflow) and
-  replaced: by heartbeat with a database storage, by process id on this machine with the
-  journal file (liveness.py);
+- trials left RUNNING by a dead worker are marked FAIL (Optuna) and FAILED (MLflow), by
+  heartbeat with a database storage, by process id on this machine with the journal file
+  (liveness.py), and retried with the same parameters from their last finished epoch, as are
+  the trials in flight at Ctrl-C or SIGTERM, up to `max_retries` times (retry.py);
 - each trial's sampler is seeded from (seed, trial number), so workers never draw alike;
 - a failed trial is told FAIL and replaced, until failures exceed `max_failure_rate * n_trials`;
 - Hydra's job number is the Optuna trial number, so output folders never collide on resume;
@@ -54,6 +55,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -80,8 +82,8 @@ from optuna.trial import TrialState
 from mnist_sweep import objective
 from mnist_sweep.config import ConfigError, RunConfig, to_run_config
 from mnist_sweep.masking import masked
-from mnist_sweep.sweep import checks, confirm, fingerprint, liveness, packing, records
-from mnist_sweep.sweep.errors import SweepError, one_line_errors
+from mnist_sweep.sweep import checks, confirm, fingerprint, liveness, packing, records, retry
+from mnist_sweep.sweep.errors import SweepError, describe, one_line_errors
 from mnist_sweep.sweep.job import CONFIRM_PREFIX, CONFIRM_STUDY, GRID_PREFIX, Pruned, Told
 from mnist_sweep.sweep.progress import TrialsBar
 from mnist_sweep.sweep.storage import make_storage, storage_name
@@ -140,6 +142,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         pruner: optuna.pruners.BasePruner | None = None,
         heartbeat_interval: int | None = None,
         grace_period: int | None = None,
+        max_retries: int = 3,
         **options: Any,
     ) -> None:
         # The storage is built in sweep(), once every check has passed: a journal file or a
@@ -147,20 +150,36 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         super().__init__(storage=None, **options)
         self.storage_config = storage
         self.heartbeats = (heartbeat_interval, grace_period)
-        self.pruner = pruner
+        self.pruner, self.max_retries = pruner, max_retries
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         self.identity = sweep_id(config.hydra)
 
-    def _worker_gone(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """Trial `trial` was failed because its worker is gone: fail its MLflow run too."""
-        log.warning("Trial %d marked FAIL: its worker stopped sending heartbeats or is gone; "
-                    "another trial replaces it", trial.number)  # fmt: skip
+    def _worker_gone(self, study: optuna.Study, trial: optuna.trial.BaseTrial) -> None:
+        """Trial `trial` was failed because its worker is gone: retry it, and fail its MLflow
+        run (which its retry continues, if its worker saved a training state)."""
+        then = self._retry(study, trial.number)
+        log.warning("Trial %d marked FAIL: its worker stopped sending heartbeats or is gone; %s",
+                    trial.number, then)  # fmt: skip
         try:
             records.mirror_study(self.client, self.experiment, self.identity, study)
         except Exception as error:  # the next start or end of the sweep sets it right
             log.warning("Could not mark trial %d's MLflow run FAILED: %s", trial.number, error)
+
+    def _retry(self, study: optuna.Study, number: int) -> str:
+        """Queue a retry of trial `number`, failed because its worker stopped (sweep/retry.py);
+        what happens next, in words."""
+        try:
+            attempt = retry.retry(study, retry.frozen(self.storage, study, number),
+                                  self.max_retries)  # fmt: skip
+        except Exception as error:  # the study's database away: a new trial replaces it
+            log.warning("Could not queue a retry of trial %d: %s", number, describe(error))
+            attempt = None
+        if attempt is None:
+            return "another trial replaces it"
+        return (f"retry {attempt} of {self.max_retries} queued, to continue from its last "
+                "finished epoch")  # fmt: skip
 
     def sweep(self, arguments: list[str]) -> None:
         if is_grid(arguments):
@@ -321,8 +340,9 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                     overrides = [*self._configure_trials([trial], *space)[0],
                                  *slots[slot].overrides(),
                                  replace(told, device=slots[slot].device).override()]  # fmt: skip
-                    log.info("Trial %d: %s", trial.number,
-                             " ".join(f"{k}={v}" for k, v in trial.params.items()))  # fmt: skip
+                    log.info("Trial %d: %s%s", trial.number,
+                             " ".join(f"{k}={v}" for k, v in trial.params.items()),
+                             retried(retry.frozen(self.storage, study, trial.number)))  # fmt: skip
                     self._start(study, trial, overrides, finished, threaded=len(slots) > 1)
                 if not in_flight:
                     if not running(study):
@@ -335,12 +355,19 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                 trial, result = finished.get()
                 in_flight.pop(trial)
                 with interrupts_deferred():
+                    if isinstance(result, BrokenProcessPool):
+                        # Its worker process died (killed, out of memory): as a worker gone.
+                        if liveness.fail(study, trial.number):
+                            self._worker_gone(study, trial)
+                        continue
                     failures += tell(study, trial, result) is TrialState.FAIL
                 trials_bar.update()
                 self._check_failures(failures)
         except BaseException:
             for trial in in_flight:
-                liveness.fail(study, trial.number)
+                if liveness.fail(study, trial.number):
+                    log.info("Trial %d stopped; %s", trial.number,
+                             self._retry(study, trial.number))  # fmt: skip
             raise
 
     def _slots(self) -> list[packing.Slot]:
@@ -434,6 +461,12 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
 def sweep_id(hydra_cfg: Any) -> str:
     """The study name when the sweeper has one, else the sweep folder."""
     return hydra_cfg.sweeper.get("study_name") or str(Path(hydra_cfg.sweep.dir).resolve())
+
+
+def retried(trial: optuna.trial.FrozenTrial) -> str:
+    """How the trial's log line says it retries earlier attempts."""
+    earlier = retry.earlier_attempts(trial)
+    return f" (retry of trial {', '.join(map(str, earlier))})" if earlier else ""
 
 
 def tell(study: optuna.Study, trial: optuna.Trial, result: JobReturn | BaseException) -> TrialState:
