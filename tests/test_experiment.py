@@ -147,6 +147,12 @@ class SweepJob:
     def tags(self, config) -> dict[str, str]:
         return {}
 
+    def states(self) -> list[Path]:
+        return []
+
+    def resumed(self, history) -> None:
+        pass
+
     def after_epoch(self, metrics) -> None:
         pass
 
