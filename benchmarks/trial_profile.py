@@ -30,7 +30,7 @@ STEPS = [
     ("mlflow", "start_run"), ("mnist_sweep.experiment", "make_loaders"),
     ("mnist_sweep.experiment", "_log_dataset"), ("mnist_sweep.training", "make_optimizer"),
     ("mnist_sweep.training", "train_epoch"), ("mnist_sweep.training", "evaluate"),
-    ("mnist_sweep.resume", "save"), ("mnist_sweep.sweep.pruning", "open_trial"),
+    ("mnist_sweep.resume", "save"), ("mnist_sweep.sweep.pruning", "open_study"),
     ("mnist_sweep.experiment", "fit"), ("mnist_sweep.experiment", "predict"),
     ("mnist_sweep.experiment", "_write_outputs"), ("mnist_sweep.tracking", "log_model"),
     ("mnist_sweep.tracking", "log_artifacts"), ("mnist_sweep.report", "report_and_log"),
