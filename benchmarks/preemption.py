@@ -7,8 +7,9 @@ did before retries).
 Both ways in one invocation, each in a fresh folder:
 - one preemption: a sweep of one trial killed (SIGKILL, as a lost host or a preemption without
   warning) once it has logged half its epochs, then the same command again;
-- random kills: a sweep of `--trials` trials killed `--kills` times, each after a random delay
-  (seeded, the same delays both ways) and started again, beside the same sweep uninterrupted.
+- random kills: a sweep of `--trials` trials killed `--kills` times, each once the sweep has
+  trained a random number of epochs in all (seeded, the same both ways, always with a trial in
+  flight), and started again; beside the same sweep uninterrupted.
 Epochs trained are counted from every attempt's log ("epoch i/n" lines); epochs lost are those
 trained beyond what the uninterrupted sweep trained. Wall time includes every restart.
 """
@@ -63,10 +64,6 @@ def has_logged(log: Path, line: str) -> bool:
     return log.exists() and line in log.read_text(errors="replace")
 
 
-def passed(deadline: float) -> bool:
-    return time.perf_counter() > deadline
-
-
 def one_preemption(overrides: list[str], epochs: int) -> dict[str, tuple[int, float]]:
     """Epochs trained and wall time of a one-trial sweep killed halfway, each way."""
     results = {}
@@ -82,25 +79,31 @@ def one_preemption(overrides: list[str], epochs: int) -> dict[str, tuple[int, fl
     return results
 
 
-def random_kills(overrides: list[str], kills: int, seed: int) -> dict[str, tuple[int, float]]:
-    """Epochs trained and wall time of the sweep uninterrupted, and killed `kills` times."""
+def random_kills(overrides: list[str], trials: int, epochs: int, kills: int,
+                 seed: int) -> dict[str, tuple[int, float]]:  # fmt: skip
+    """Epochs trained and wall time of the sweep uninterrupted, and killed `kills` times: each
+    time the sweep has trained a random number of epochs in all (seeded, never a whole number
+    of trials, so a trial is always in flight), then started again."""
     results = {}
     with tempfile.TemporaryDirectory() as name:
         started = time.perf_counter()
         until_done(Path(name), overrides)
-        whole = time.perf_counter() - started
-        results["uninterrupted"] = (epochs_trained(Path(name)), whole)
-    delays = random.Random(seed).sample(range(int(0.1 * whole), int(0.6 * whole)), kills)
+        results["uninterrupted"] = (epochs_trained(Path(name)), time.perf_counter() - started)
+    mid_trial = [n for n in range(1, trials * epochs) if n % epochs]
+    thresholds = sorted(random.Random(seed).sample(mid_trial, kills))
     for way, extra in WAYS.items():
         with tempfile.TemporaryDirectory() as name:
             folder, args = Path(name), [*overrides, *extra]
             started = time.perf_counter()
-            for delay in delays:
-                deadline = time.perf_counter() + delay
-                killed_when(folder, args, functools.partial(passed, deadline))
+            for threshold in thresholds:
+                killed_when(folder, args, functools.partial(trained_at_least, folder, threshold))
             until_done(folder, args)
             results[way] = (epochs_trained(folder), time.perf_counter() - started)
     return results
+
+
+def trained_at_least(folder: Path, epochs: int) -> bool:
+    return epochs_trained(folder) >= epochs
 
 
 def main() -> None:
@@ -118,8 +121,10 @@ def main() -> None:
     print(f"\none preemption, one trial of {needed} epochs killed after epoch {needed // 2}:")
     for way, (trained, wall) in one_preemption(overrides, options.epochs).items():
         print(f"  {way:9} {trained:3d} epochs trained, {trained - needed:2d} lost, {wall:6.1f} s")
-    print(f"\n{options.kills} random kills in a sweep of {options.trials} trials:")
-    results = random_kills(overrides, options.kills, options.seed)
+    print(f"\n{options.kills} random kills in a sweep of {options.trials} trials of "
+          f"{options.epochs} epochs:")  # fmt: skip
+    results = random_kills(overrides, options.trials, options.epochs, options.kills,
+                           options.seed)  # fmt: skip
     needed, whole = results["uninterrupted"]
     for way, (trained, wall) in results.items():
         print(f"  {way:13} {trained:3d} epochs trained, {trained - needed:2d} lost, "

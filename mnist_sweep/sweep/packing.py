@@ -1,9 +1,8 @@
 """How many trials a sweep runs at once, and where: `hydra.sweeper.n_jobs=auto`.
 
 On a CPU, the cores divided by each trial's torch threads (`trainer.num_threads`, 1 when it is
-0), so that trials side by side never run more threads than there are cores: two 1-thread
-trials on 2 cores trained 1.5-1.6x the samples per second of one 2-thread trial (issue 22), and
-more threads than cores make torch's thread pools spin against each other. On GPUs,
+0), so that trials side by side never run more threads than there are cores: more threads
+than cores make torch's thread pools spin against each other. On GPUs,
 `trials_per_device` trials on each visible device, each trial pinned to one device and the
 cores shared among them. A slot's thread count changes only how fast its trial goes (and its
 floating-point rounding): a trial is reproducible for a given thread count, which its run
