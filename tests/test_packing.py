@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -59,6 +61,6 @@ def test_on_cuda_each_slot_names_a_visible_device_and_pins_it() -> None:
     slots = plan(torch.get_num_threads(), 0, gpus, trials_per_device=2)
     assert {slot.device for slot in slots} == set(range(gpus))
     for slot in slots:
-        SweepJob(Told("sweep", "study", device=slot.device), "trial_0", 0).pin_device()
+        SweepJob(Told("sweep", "study", device=slot.device), "trial_0", 0, Path()).pin_device()
         assert torch.cuda.current_device() == slot.device
         assert torch.zeros(1, device="cuda").device.index == slot.device

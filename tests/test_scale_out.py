@@ -298,13 +298,18 @@ def test_trials_run_as_slurm_jobs(slurm: SlurmCluster, data_root: Path, tmp_path
     assert jobs.count("run|COMPLETED") == 2  # submitit names the jobs after run.py
 
 
+# submitit's job ignores SLURM's SIGTERM, so a requeued job trains on until SIGKILL, KillWait
+# (5 s) later: 60 epochs of 3,000 images take several times that.
+LONG_EPOCHS = 60
+
+
 def test_a_trial_whose_slurm_job_is_requeued_continues_from_its_last_epoch(
     slurm: SlurmCluster, data_root: Path, tmp_path: Path
 ) -> None:
     command = sweep_command(
         data_root, "hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug",
         "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10", "hydra.sweeper.n_trials=1",
-        "trainer.epochs=3", "sweep.min_test_accuracy=0.5",
+        f"trainer.epochs={LONG_EPOCHS}", "sweep.min_test_accuracy=0.5",
     )  # fmt: skip
     sweep = subprocess.Popen(command, cwd=tmp_path, env=slurm.env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -315,14 +320,18 @@ def test_a_trial_whose_slurm_job_is_requeued_continues_from_its_last_epoch(
     output, _ = sweep.communicate(timeout=400)
     assert sweep.returncode == 0, output[-3000:]
     assert states(tmp_path) == [TrialState.COMPLETE]
-    history = slurm.command("sacct", "-D", "-X", "-n", "-P", "-o", "State", "-j", job).split()
-    assert history[0] == "REQUEUED" and history[-1] == "COMPLETED", history
+
+    def accounted() -> list[str]:  # slurmdbd records the job's end a moment after it ends
+        history = slurm.command("sacct", "-D", "-X", "-n", "-P", "-o", "State", "-j", job).split()
+        return history if history[-1:] == ["COMPLETED"] else []
+
+    assert wait_for(accounted, 60, 0.5)[0] == "REQUEUED"
     log = (tmp_path / "multirun" / "mlp" / "trial_0" / "run.log").read_text()
     assert f"from {state}" in log  # the requeued job continued its own state
     client, [run] = mlflow_runs(tmp_path, "trial")
     assert run.info.status == "FINISHED"
     curve = client.get_metric_history(run.info.run_id, "val_accuracy")
-    assert [metric.step for metric in curve] == [1, 2, 3]
+    assert [metric.step for metric in curve] == list(range(1, LONG_EPOCHS + 1))
 
 
 SLURM_ENDED = frozenset(

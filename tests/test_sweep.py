@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -20,7 +22,7 @@ from optuna.trial import TrialState
 import mnist_sweep
 from mnist_sweep import tracking
 from mnist_sweep.data import DataFiles, torchvision_dataset
-from mnist_sweep.sweep import liveness, records
+from mnist_sweep.sweep import liveness, records, retry
 from mnist_sweep.sweep.liveness import process_is_gone
 from mnist_sweep.sweep.sweeper import is_grid
 
@@ -31,6 +33,7 @@ from tests.support import (
     mlflow_runs,
     run_sweep,
     states,
+    stop_when_saved,
     study,
     sweep_command,
 )
@@ -246,6 +249,50 @@ def test_a_packed_sweep_runs_one_thread_per_core_and_ends_with_exactly_n_trials(
         assert run.data.tags[tracking.TORCH_THREADS] == str(threads)
         assert run.data.params["trainer.num_threads"] == str(threads)
     assert (tmp_path / "multirun" / "mlp" / "best" / "model.pt").exists()
+
+
+PACKED = ["hydra/launcher=joblib", "hydra.sweeper.n_jobs=auto", "trainer.device=cpu"]
+
+
+@pytest.mark.slow
+def test_a_packed_sweep_stopped_with_ctrl_c_resumes_to_exactly_n_trials(
+    data_root: Path, tmp_path: Path
+) -> None:
+    overrides = [*PACKED, "hydra.sweeper.n_trials=3", "trainer.epochs=3",
+                 "sweep.min_test_accuracy=0.5"]  # fmt: skip
+    stop_when_saved(data_root, tmp_path, overrides, signal.SIGINT)
+    stopped = [trial.number for trial in study(tmp_path).trials
+               if trial.state is TrialState.FAIL]  # fmt: skip
+    assert stopped  # Ctrl-C stopped the trials in flight
+    run_sweep(tmp_path, data_root, *overrides)
+    trials = study(tmp_path).trials
+    assert sum(trial.state is TrialState.COMPLETE for trial in trials) == 3
+    assert [t.number for t in trials if t.state is TrialState.FAIL] == stopped
+    assert {n for trial in trials for n in retry.earlier_attempts(trial)} == set(stopped)
+    client, runs = mlflow_runs(tmp_path, "trial")
+    finished = [run for run in runs if run.info.status == "FINISHED"]
+    assert len(finished) == 3 and {run.info.status for run in runs} <= {"FINISHED", "FAILED"}
+    for run in finished:  # one curve each, every epoch once, continued or not
+        curve = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert sorted(metric.step for metric in curve) == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_a_packed_grid_keeps_the_model_that_one_trial_at_a_time_keeps(
+    data_root: Path, tmp_path: Path
+) -> None:
+    # One thread each way, so that the trials' results are the same bit for bit.
+    grid = ["optimizer.lr=0.0003,0.003", "trainer.num_threads=1", "sweep.min_test_accuracy=0.5"]
+    kept = {}
+    for way, extra in {"packed": PACKED, "one_at_a_time": []}.items():
+        (folder := tmp_path / way).mkdir()
+        run_sweep(folder, data_root, *grid, *extra)
+        [metrics] = folder.glob("multirun/mlp/grid_*/best/metrics.json")
+        kept[way] = json.loads(metrics.read_text())
+        for key in ("run_id", "wall_time_s", "train_samples_per_s"):
+            kept[way].pop(key)
+        kept[way]["trial"] = kept[way]["trial"].rpartition("/")[2]  # grid_<time>/<job>
+    assert kept["packed"] == kept["one_at_a_time"]
 
 
 @pytest.mark.slow

@@ -88,13 +88,21 @@ class SweepJob:
         """Training states this job may continue from, newest first: its own folder's (its
         SLURM job was requeued) if there is one, then its trial's earlier attempts' (a retried
         trial: sweep/retry.py). Records this attempt's folder on its trial."""
+        from optuna.trial import TrialState
+
         from mnist_sweep.resume import STATE_FILE
         from mnist_sweep.sweep import retry
+        from mnist_sweep.sweep.pruning import TrialEndedElsewhere
 
         own = self.folder / STATE_FILE
         if self.optuna_trial is None:  # a grid's job: its folder is new to each grid
             return [own] if own.exists() else []
         trial = self.frozen_trial()
+        if trial.state is not TrialState.RUNNING:
+            raise TrialEndedElsewhere(
+                f"trial {self.number} is {trial.state.name} in the study: its sweep no longer "
+                "waits for this job (a SLURM job requeued after it finished?); it stops"
+            )
         # Its own folder's state counts only if this trial wrote it (this job ran before and
         # was requeued), not a study of the same name that was deleted and started again.
         ran_here = trial.user_attrs.get(retry.FOLDER) == str(self.folder)
