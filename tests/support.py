@@ -80,6 +80,23 @@ def small_overrides(data_root: Path, tmp_path: Path) -> list[str]:
     ]
 
 
+class PlainJob:
+    """A job of a sweep as experiment.run sees it (its Job protocol), doing nothing; tests
+    override what they need."""
+
+    def tags(self, config) -> dict[str, str]:
+        return {}
+
+    def states(self) -> list[Path]:
+        return []
+
+    def resumed(self, history) -> None:
+        pass
+
+    def after_epoch(self, metrics) -> None:
+        pass
+
+
 # -- Sweeps ---------------------------------------------------------------------------------
 
 

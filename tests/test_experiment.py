@@ -17,7 +17,7 @@ from mnist_sweep.config import DatasetName
 from mnist_sweep.data import DATASETS
 from mnist_sweep.models import CNN
 
-from tests.support import compose_config, needs_fashion_mnist, small_overrides
+from tests.support import PlainJob, compose_config, needs_fashion_mnist, small_overrides
 
 EPOCH_METRICS = {"train_loss", "train_accuracy", "val_loss", "val_accuracy"}
 IMAGE_SHAPE = (1, 28, 28)  # one channel, 28x28: MNIST and Fashion-MNIST
@@ -141,20 +141,8 @@ def test_a_fashion_mnist_run_reports_its_own_classes(data_root, tmp_path) -> Non
     assert checkpoint["class_names"][0] == "T-shirt/top"
 
 
-class SweepJob:
+class SweepJob(PlainJob):
     """A job of a sweep, as experiment.run sees it (mnist_sweep/sweep/job.py)."""
-
-    def tags(self, config) -> dict[str, str]:
-        return {}
-
-    def states(self) -> list[Path]:
-        return []
-
-    def resumed(self, history) -> None:
-        pass
-
-    def after_epoch(self, metrics) -> None:
-        pass
 
 
 def test_a_trial_logs_a_loadable_checkpoint_and_the_kept_one_gets_its_model_and_report(

@@ -21,6 +21,7 @@ from mnist_sweep.sweep.liveness import OWNER
 from mnist_sweep.tracking import OUTPUT_DIR
 
 from tests.support import (
+    PlainJob,
     compose_config,
     mlflow_runs,
     run_sweep,
@@ -34,20 +35,11 @@ pytestmark = pytest.mark.slow  # each test trains small runs of 3 epochs
 EPOCHS = ["trainer.epochs=3", "trainer.num_threads=1", "model.dropout=0.2"]
 
 
-class StopsAfter:
+class StopsAfter(PlainJob):
     """A job that interrupts its run after `epoch`, as Ctrl-C or a kill would."""
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
-
-    def tags(self, config) -> dict[str, str]:
-        return {}
-
-    def states(self) -> list[Path]:
-        return []
-
-    def resumed(self, history) -> None:
-        pass
 
     def after_epoch(self, metrics) -> None:
         if metrics.epoch == self.epoch:
