@@ -76,10 +76,7 @@ class Reporter:
                 f"trial {trial.number} is no longer running in the study (another worker "
                 "failed it, or its sweep process is gone); this job stops"
             )
-        with warnings.catch_warnings():
-            # A retry inherits its earlier attempts' reports (sweep/retry.py).
-            warnings.filterwarnings("ignore", "The reported value is ignored", UserWarning)
-            trial.report(objective.value(metrics), metrics.epoch)
+        self.report(metrics)
         if trial.should_prune():
             log.info("Trial %d pruned at epoch %d (%s %.4f)", trial.number, metrics.epoch,
                      objective.METRIC, objective.value(metrics))  # fmt: skip
@@ -89,8 +86,13 @@ class Reporter:
     def catch_up(self, history: list[EpochMetrics]) -> None:
         """A resumed trial's epochs: those its earlier attempt trained but did not report are
         reported, and the pruner judges the last, as it would have right after training it."""
+        for metrics in history[:-1]:
+            self.report(metrics)
+        self(history[-1])
+
+    def report(self, metrics: EpochMetrics) -> None:
+        """The epoch's objective to the trial; an epoch it has (a retry inherits its earlier
+        attempts' reports: sweep/retry.py) is left as it is."""
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "The reported value is ignored", UserWarning)
-            for metrics in history[:-1]:
-                self.trial.report(objective.value(metrics), metrics.epoch)
-        self(history[-1])
+            self.trial.report(objective.value(metrics), metrics.epoch)
