@@ -1,8 +1,8 @@
 """The same search three ways, one after the other: trials per hour, the best validation
 accuracy after each minute, and the fixed cost per trial.
 
-    python benchmarks/throughput.py [--trials 20] [--epochs 6] [--seeds 0 1 2] [overrides...]
-    python benchmarks/throughput.py --trials 6 --epochs 2           # a short version: minutes
+    python -m benchmarks.throughput [--trials 20] [--epochs 6] [--seeds 0 1 2] [overrides...]
+    python -m benchmarks.throughput --trials 6 --epochs 2          # a short version: minutes
 
 The search is the default one (conf/sweep/mlp.yaml: its space, TPE with 8 startup trials),
 with sampler seed `--seeds`, `--trials` trials of `--epochs` epochs, each way in a fresh
@@ -58,12 +58,14 @@ def measure(way: str, seed: int, trials: int, epochs: int, overrides: list[str])
                  if way == "stock" else journal_study(folder, STUDY))  # fmt: skip
         costs = trial_costs(folder, study)
         done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-        finished = len(done) + len(study.get_trials(states=(optuna.trial.TrialState.PRUNED,)))
+        pruned = study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
+        epochs = sum(len(trial.intermediate_values) for trial in [*done, *pruned])
     minutes = range(1, int(wall // 60) + 2)
     best = [max((t.value for t in done
                  if (t.datetime_complete - launched).total_seconds() <= 60 * m), default=None)
             for m in minutes]  # fmt: skip
-    return {"wall": wall, "per_hour": 3600 * finished / wall, "best": best,
+    return {"wall": wall, "per_hour": 3600 * (len(done) + len(pruned)) / wall,
+            "epochs_per_hour": 3600 * epochs / wall, "best": best,
             "final": max(t.value for t in done),
             "fixed": statistics.median(cost for _, _, cost in costs)}  # fmt: skip
 
@@ -86,13 +88,17 @@ def main() -> None:
             results[way].append(result)
             best = " ".join("-" if b is None else f"{b:.4f}" for b in result["best"])
             print(f"seed {seed} {way:9} wall {result['wall']:6.0f} s  "
-                  f"{result['per_hour']:5.0f} trials/hour  fixed cost {result['fixed']:.2f} s/trial"
+                  f"{result['per_hour']:5.0f} trials/hour  {result['epochs_per_hour']:5.0f} "
+                  f"epochs/hour  fixed cost {result['fixed']:.2f} s/trial"
                   f"  best val_accuracy by minute: {best}", flush=True)  # fmt: skip
     base = statistics.mean(r["per_hour"] for r in results[args.ways[0]])
+    base_epochs = statistics.mean(r["epochs_per_hour"] for r in results[args.ways[0]])
     for way, runs in results.items():
         per_hour = statistics.mean(r["per_hour"] for r in runs)
+        epochs = statistics.mean(r["epochs_per_hour"] for r in runs)
         print(f"{way:9} mean over seeds: {per_hour:5.0f} trials/hour "
-              f"({per_hour / base:.2f}x {args.ways[0]}), best val_accuracy "
+              f"({per_hour / base:.2f}x {args.ways[0]}), {epochs:5.0f} epochs/hour "
+              f"({epochs / base_epochs:.2f}x), best val_accuracy "
               f"{statistics.mean(r['final'] for r in runs):.4f}, fixed cost "
               f"{statistics.mean(r['fixed'] for r in runs):.2f} s/trial")  # fmt: skip
 
