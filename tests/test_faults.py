@@ -17,14 +17,24 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+from hydra import compose, initialize_config_dir
 from optuna.trial import TrialState
 
 from mnist_sweep import tracking
-from mnist_sweep.sweep import liveness, records
-from mnist_sweep.sweep.checks import REACH_S
+from mnist_sweep.config import register_schema
+from mnist_sweep.sweep import liveness, plugin, records
+from mnist_sweep.sweep.checks import check_sweeper
 from mnist_sweep.sweep.journal import HealingJournalFileBackend
 
-from tests.support import free_port, mlflow_runs, needs_root, run_sweep, study, sweep_command
+from tests.support import (
+    CONF_DIR,
+    free_port,
+    mlflow_runs,
+    needs_root,
+    run_sweep,
+    study,
+    sweep_command,
+)
 
 BAD_OVERRIDES = [
     ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0: must be a whole number >= 1"),
@@ -93,16 +103,35 @@ def test_an_unwritable_data_root_and_a_corrupt_store_end_in_one_line(
 def test_servers_that_do_not_answer_fail_the_sweep_within_the_bound_and_create_nothing(
     data_root: Path, tmp_path: Path
 ) -> None:
-    port = free_port()
+    port, bound = free_port(), "hydra.sweeper.reach_timeout=2"
     started = time.monotonic()
-    line = one_line(sweep_in(tmp_path, data_root, f"mlflow.tracking_uri=http://127.0.0.1:{port}"))
+    line = one_line(sweep_in(tmp_path, data_root, f"mlflow.tracking_uri=http://127.0.0.1:{port}",
+                             bound))  # fmt: skip
     assert line.startswith(f"mlflow.tracking_uri=http://127.0.0.1:{port}: ")
-    assert "Connection refused" in line and time.monotonic() - started < REACH_S + 30
+    assert "Connection refused" in line and line.endswith("(tried for 2 s)")
+    assert time.monotonic() - started < 2 + 30  # the bound, plus the process's own start and end
     url = f"postgresql://sweep:s3cret@127.0.0.1:{port}/optuna"
-    line = one_line(sweep_in(tmp_path, data_root, f"hydra.sweeper.storage={url}"))
+    line = one_line(sweep_in(tmp_path, data_root, f"hydra.sweeper.storage={url}", bound))
     assert line.startswith(f"hydra.sweeper.storage=postgresql://sweep:***@127.0.0.1:{port}")
     assert "s3cret" not in line and "Connection refused" in line
+    assert line.endswith("(tried for 2 s)")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("value", "message"), [("0", "must be a number of seconds > 0"),
+                                                ("-5", "must be a number of seconds > 0"),
+                                                ("soon", "reach_timeout")])  # fmt: skip
+def test_a_bad_reach_timeout_is_refused_by_name(value: str, message: str) -> None:
+    register_schema()
+    plugin.register()
+    with (
+        initialize_config_dir(config_dir=str(CONF_DIR)),
+        pytest.raises(Exception, match=message) as error,
+    ):
+        sweeper = compose("config", [f"hydra.sweeper.reach_timeout={value}"],
+                          return_hydra_config=True).hydra.sweeper  # fmt: skip
+        check_sweeper(sweeper, "maximize")
+    assert "reach_timeout" in str(error.value)
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """What a sweep checks before it runs a trial or records anything: every sweeper key, the run's
 config, and that its study storage and its MLflow tracking store answer.
 
-The stores get REACH_S seconds to answer (a server still starting is waited for); an error
+The stores get `hydra.sweeper.reach_timeout` seconds to answer (a server still starting is
+waited for); an error
 that no wait can mend (a wrong password, a missing database, a file that is not a store) ends
 the sweep at once. Nothing is created here: a journal file, a SQLite store or a study only
 comes into being once every check has passed.
@@ -25,7 +26,6 @@ from mnist_sweep.sweep.errors import SweepError, describe
 from mnist_sweep.sweep.packing import AUTO
 
 T = TypeVar("T")
-REACH_S = 30.0
 # A study name becomes a folder (multirun/<name>) and a value in MLflow's filter strings.
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 TRACKING_SCHEMES = {"", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql",
@@ -63,6 +63,9 @@ def check_sweeper(sweeper: DictConfig, objective_direction: str) -> None:
     require(is_int(sweeper.max_retries) and sweeper.max_retries >= 0, "max_retries",
             sweeper.max_retries, "must be a whole number >= 0 (retries of a trial whose "
             "worker stopped)")  # fmt: skip
+    timeout = sweeper.reach_timeout
+    require(isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0,
+            "reach_timeout", timeout, "must be a number of seconds > 0")  # fmt: skip
     require(sweeper.grace_period > sweeper.heartbeat_interval, "grace_period",
             sweeper.grace_period, f"must exceed hydra.sweeper.heartbeat_interval="
             f"{sweeper.heartbeat_interval}, or live trials would be failed")  # fmt: skip
@@ -87,15 +90,17 @@ def check_data_root(root: str | None) -> None:
         raise SweepError(f"data.root={root}: {existing} is not a folder this user can write")
 
 
-def reach(what: str, attempt: Callable[[], T], transient: Callable[[BaseException], bool]) -> T:
-    """`attempt()`, tried again for up to REACH_S seconds while its error is `transient`."""
-    deadline = time.monotonic() + REACH_S
+def reach(
+    what: str, attempt: Callable[[], T], transient: Callable[[BaseException], bool], timeout: float
+) -> T:
+    """`attempt()`, tried again for up to `timeout` seconds while its error is `transient`."""
+    deadline = time.monotonic() + timeout
     while True:
         try:
             return attempt()
         except Exception as error:
             if not transient(error) or time.monotonic() > deadline:
-                waited = f" (tried for {REACH_S:.0f} s)" if transient(error) else ""
+                waited = f" (tried for {timeout:g} s)" if transient(error) else ""
                 raise SweepError(f"{what}: {describe(error)}{waited}") from error
         time.sleep(1.0)
 
@@ -112,7 +117,7 @@ def is_unreachable(error: BaseException) -> bool:
     return any(sign in text for sign in ("connection refused", "timed out", "max retries"))
 
 
-def probe_database(url: str) -> None:
+def probe_database(url: str, timeout: float) -> None:
     """Connect once to a study database, creating nothing in it."""
     import sqlalchemy
 
@@ -121,19 +126,19 @@ def probe_database(url: str) -> None:
     engine = sqlalchemy.create_engine(database_url(url), **connect_timeout(url))
     try:
         reach(f"hydra.sweeper.storage={masked(url)}",
-              lambda: engine.connect().close(), is_unreachable)  # fmt: skip
+              lambda: engine.connect().close(), is_unreachable, timeout)  # fmt: skip
     finally:
         engine.dispose()
 
 
-def probe_storage(storage: Any) -> None:
+def probe_storage(storage: Any, timeout: float) -> None:
     """The study's storage: a database URL is connected to, a journal's folder looked at."""
     if OmegaConf.is_config(storage):
         path = OmegaConf.select(storage, "log_storage.file_path")
         if path is not None:
             probe_journal(path)
     elif storage is not None:
-        probe_database(str(storage))
+        probe_database(str(storage), timeout)
 
 
 def probe_journal(path: str) -> None:
@@ -144,7 +149,7 @@ def probe_journal(path: str) -> None:
 
 @contextlib.contextmanager
 def mlflow_without_retries() -> Iterator[None]:
-    """MLflow's HTTP client retries a dead server for minutes; the probe waits REACH_S."""
+    """MLflow's HTTP client retries a dead server for minutes; the probe waits reach_timeout."""
     saved = {key: os.environ.get(key) for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
                                                    "MLFLOW_HTTP_REQUEST_TIMEOUT")}  # fmt: skip
     os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
@@ -155,7 +160,7 @@ def mlflow_without_retries() -> Iterator[None]:
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
 
-def probe_tracking(uri: str) -> None:
+def probe_tracking(uri: str, timeout: float) -> None:
     """Reach the MLflow tracking store once, creating nothing (a new SQLite store is made
     later, once every check has passed)."""
     check_tracking_uri(uri)
@@ -167,7 +172,7 @@ def probe_tracking(uri: str) -> None:
 
     with mlflow_without_retries():
         reach(what, lambda: mlflow.MlflowClient(uri).search_experiments(max_results=1),
-              is_unreachable)  # fmt: skip
+              is_unreachable, timeout)  # fmt: skip
 
 
 def probe_sqlite(what: str, database: Path) -> None:

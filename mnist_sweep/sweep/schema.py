@@ -29,6 +29,9 @@ class ResumableOptunaSweeperConf(OptunaSweeperConf):
     # A trial whose worker stopped (killed, preempted, heartbeat stale, Ctrl-C) is retried with
     # its parameters from its last finished epoch, at most this many times (sweep/retry.py).
     max_retries: int = 3
+    # Seconds the study storage and the MLflow tracking store get to answer before the sweep
+    # starts (a server still starting is waited for; a refusal such as a wrong password is not).
+    reach_timeout: float = 30.0
     # An Optuna pruner as a config with `_target_` (optuna.pruners.MedianPruner, ...) that
     # each trial's job consults after every epoch; None: every trial trains its full budget.
     pruner: Any = None

@@ -143,6 +143,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         heartbeat_interval: int | None = None,
         grace_period: int | None = None,
         max_retries: int = 3,
+        reach_timeout: float = 30.0,
         **options: Any,
     ) -> None:
         # The storage is built in sweep(), once every check has passed: a journal file or a
@@ -151,6 +152,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         self.storage_config = storage
         self.heartbeats = (heartbeat_interval, grace_period)
         self.pruner, self.max_retries = pruner, max_retries
+        self.reach_timeout = reach_timeout
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
@@ -214,8 +216,8 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         except ConfigError as error:
             raise SweepError(f"Error in the config: {error}") from error
         checks.check_data_root(run_config.data.root)
-        checks.probe_storage(self.storage_config)
-        checks.probe_tracking(run_config.mlflow.tracking_uri)
+        checks.probe_storage(self.storage_config, self.reach_timeout)
+        checks.probe_tracking(run_config.mlflow.tracking_uri, self.reach_timeout)
         with one_line_errors(f"hydra.sweeper.storage={storage_name(self.storage_config)}"):
             self.storage = make_storage(self.storage_config, *self.heartbeats, self._worker_gone)
         self.liveness = liveness.Liveness(self.storage, self._worker_gone)
