@@ -78,6 +78,18 @@ def test_a_bad_override_ends_in_one_line_and_creates_nothing(
 
 
 @pytest.mark.slow
+def test_packing_a_remote_launcher_ends_in_one_line_and_creates_nothing(
+    data_root: Path, tmp_path: Path
+) -> None:
+    # n_jobs=auto counts this machine's cores: SLURM jobs would get one thread each.
+    line = one_line(sweep_in(tmp_path, data_root, "hydra/launcher=submitit_slurm",
+                             "hydra.sweeper.n_jobs=auto"))  # fmt: skip
+    assert line == ("hydra.sweeper.n_jobs=auto packs this machine with hydra/launcher=joblib; "
+                    "with SlurmLauncher give the trials in flight as a number")  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
 def test_the_traceback_is_there_on_request(data_root: Path, tmp_path: Path) -> None:
     done = sweep_in(tmp_path, data_root, "hydra.sweeper.n_trials=0",
                     env={**os.environ, "HYDRA_FULL_ERROR": "1"})  # fmt: skip

@@ -69,6 +69,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep
 from hydra.core.utils import JobReturn, JobStatus
+from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
 
 # The Optuna sweeper plugin's implementation is a private module (the plugin offers no public
 # extension point): we extend its class to reuse its parsing of the search space.
@@ -210,6 +211,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         and the MLflow experiment."""
         from mnist_sweep.data import check_available  # here: keeps torch out of --help
 
+        self._check_packing()
         try:
             run_config = to_run_config(self.config)
             check_available(run_config.data)
@@ -226,6 +228,15 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
 
             self.client, self.experiment = tracking.client_for(run_config.mlflow)
         return run_config
+
+    def _check_packing(self) -> None:
+        """n_jobs=auto counts this machine's cores and GPUs, not those a remote job gets."""
+        local = isinstance(self.launcher, (BasicLauncher, JoblibLauncher))
+        if self.n_jobs == packing.AUTO and not local:
+            raise SweepError(
+                f"hydra.sweeper.n_jobs=auto packs this machine with hydra/launcher=joblib; "
+                f"with {type(self.launcher).__name__} give the trials in flight as a number"
+            )
 
     def _search_space(self, arguments: list[str]) -> tuple:
         """The search space's distributions, fixed params and overrides; a bad interval or
