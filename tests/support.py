@@ -62,10 +62,19 @@ needs_fashion_mnist = pytest.mark.skipif(
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """The composed config of `python run.py <overrides>`, without Hydra's own node."""
+    return _compose(overrides or [])
+
+
+def compose_sweeper(overrides: list[str]) -> DictConfig:
+    """The composed `hydra.sweeper` node of `python run.py -m <overrides>`."""
+    return _compose(overrides, return_hydra_config=True).hydra.sweeper
+
+
+def _compose(overrides: list[str], **options) -> DictConfig:
     register_schema()
     plugin.register()
     with initialize_config_dir(config_dir=str(CONF_DIR)):
-        return compose(config_name="config", overrides=overrides or [])
+        return compose(config_name="config", overrides=overrides, **options)
 
 
 def small_overrides(data_root: Path, tmp_path: Path) -> list[str]:

@@ -17,17 +17,15 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-from hydra import compose, initialize_config_dir
 from optuna.trial import TrialState
 
 from mnist_sweep import tracking
-from mnist_sweep.config import register_schema
-from mnist_sweep.sweep import liveness, plugin, records
+from mnist_sweep.sweep import liveness, records
 from mnist_sweep.sweep.checks import check_sweeper
 from mnist_sweep.sweep.journal import HealingJournalFileBackend
 
 from tests.support import (
-    CONF_DIR,
+    compose_sweeper,
     free_port,
     mlflow_runs,
     needs_root,
@@ -134,15 +132,8 @@ def test_servers_that_do_not_answer_fail_the_sweep_within_the_bound_and_create_n
                                                 ("-5", "must be a number of seconds > 0"),
                                                 ("soon", "reach_timeout")])  # fmt: skip
 def test_a_bad_reach_timeout_is_refused_by_name(value: str, message: str) -> None:
-    register_schema()
-    plugin.register()
-    with (
-        initialize_config_dir(config_dir=str(CONF_DIR)),
-        pytest.raises(Exception, match=message) as error,
-    ):
-        sweeper = compose("config", [f"hydra.sweeper.reach_timeout={value}"],
-                          return_hydra_config=True).hydra.sweeper  # fmt: skip
-        check_sweeper(sweeper, "maximize")
+    with pytest.raises(Exception, match=message) as error:
+        check_sweeper(compose_sweeper([f"hydra.sweeper.reach_timeout={value}"]), "maximize")
     assert "reach_timeout" in str(error.value)
 
 

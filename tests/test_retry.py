@@ -6,15 +6,13 @@ from pathlib import Path
 
 import optuna
 import pytest
-from hydra import compose, initialize_config_dir
 from optuna.trial import TrialState
 
-from mnist_sweep.config import register_schema
-from mnist_sweep.sweep import liveness, plugin, retry
+from mnist_sweep.sweep import liveness, retry
 from mnist_sweep.sweep.checks import check_sweeper
 from mnist_sweep.sweep.errors import SweepError
 
-from tests.support import CONF_DIR
+from tests.support import compose_sweeper
 
 
 def stopped_trial(study: optuna.Study, folder: Path) -> optuna.trial.FrozenTrial:
@@ -70,15 +68,8 @@ def stopped_trial_again(study: optuna.Study) -> optuna.trial.FrozenTrial:
 
 @pytest.mark.parametrize("value", ["-1", "1.5", "many"])
 def test_a_bad_max_retries_is_refused_by_name(value: str) -> None:
-    register_schema()
-    plugin.register()
     # The schema's int refuses another type as the config is composed; checks.py the rest.
-    with (
-        initialize_config_dir(config_dir=str(CONF_DIR)),
-        pytest.raises(Exception, match="max_retries") as error,
-    ):
-        sweeper = compose("config", [f"hydra.sweeper.max_retries={value}"],
-                          return_hydra_config=True).hydra.sweeper  # fmt: skip
-        check_sweeper(sweeper, "maximize")
+    with pytest.raises(Exception, match="max_retries") as error:
+        check_sweeper(compose_sweeper([f"hydra.sweeper.max_retries={value}"]), "maximize")
     if value == "-1":
         assert error.type is SweepError and "must be a whole number >= 0" in str(error.value)

@@ -71,12 +71,13 @@ def test_the_store_is_the_override_else_the_environments_else_mlflow_db_here(
 def test_a_missing_optional_dataset_ends_the_run_in_one_line_naming_its_package(
     tmp_path: Path,
 ) -> None:
-    done = run_py(tmp_path, "data=fashion_mnist", "data.source_dir=/nonexistent",
+    missing = tmp_path / "missing"
+    done = run_py(tmp_path, "data=fashion_mnist", f"data.source_dir={missing}",
                   f"data.root={tmp_path}/data")  # fmt: skip
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
-        "Error in the config: data.source_dir=/nonexistent: "
-        "/nonexistent/train-images-idx3-ubyte.gz does not exist (apt-get install "
+        f"Error in the config: data.source_dir={missing}: "
+        f"{missing}/train-images-idx3-ubyte.gz does not exist (apt-get install "
         "dataset-fashion-mnist, or point data.source_dir at the four .gz files; or "
         "data.download=true to let torchvision fetch it)"
     ]

@@ -6,25 +6,19 @@ from pathlib import Path
 
 import optuna
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from mnist_sweep.config import register_schema
-from mnist_sweep.sweep import liveness, plugin
+from mnist_sweep.sweep import liveness
 from mnist_sweep.sweep.checks import check_sweeper
 from mnist_sweep.sweep.errors import SweepError
 from mnist_sweep.sweep.storage import database_url, make_storage
 
-from tests.support import CONF_DIR
+from tests.support import compose_sweeper
 
 
 def test_heartbeat_settings_are_sweeper_options_with_defaults() -> None:
-    register_schema()
-    plugin.register()
-    with initialize_config_dir(config_dir=str(CONF_DIR)):
-        default = compose("config", return_hydra_config=True).hydra.sweeper
-        changed = compose("config", ["hydra.sweeper.heartbeat_interval=5"],
-                          return_hydra_config=True).hydra.sweeper  # fmt: skip
+    default = compose_sweeper([])
+    changed = compose_sweeper(["hydra.sweeper.heartbeat_interval=5"])
     assert (default.heartbeat_interval, default.grace_period) == (10, 60)
     assert changed.heartbeat_interval == 5
 
@@ -59,11 +53,7 @@ def test_the_journal_config_is_instantiated(tmp_path: Path) -> None:
 def test_bad_heartbeat_settings_are_refused_by_name(
     interval: int, grace: int, message: str
 ) -> None:
-    register_schema()
-    plugin.register()
-    overrides = [f"hydra.sweeper.heartbeat_interval={interval}",
-                 f"hydra.sweeper.grace_period={grace}"]  # fmt: skip
-    with initialize_config_dir(config_dir=str(CONF_DIR)):
-        sweeper = compose("config", overrides, return_hydra_config=True).hydra.sweeper
+    sweeper = compose_sweeper([f"hydra.sweeper.heartbeat_interval={interval}",
+                               f"hydra.sweeper.grace_period={grace}"])  # fmt: skip
     with pytest.raises(SweepError, match=message):
         check_sweeper(sweeper, "maximize")

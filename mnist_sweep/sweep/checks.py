@@ -2,10 +2,9 @@
 config, and that its study storage and its MLflow tracking store answer.
 
 The stores get `hydra.sweeper.reach_timeout` seconds to answer (a server still starting is
-waited for); an error
-that no wait can mend (a wrong password, a missing database, a file that is not a store) ends
-the sweep at once. Nothing is created here: a journal file, a SQLite store or a study only
-comes into being once every check has passed.
+waited for); an error that no wait can mend (a wrong password, a missing database, a file that
+is not a store) ends the sweep at once. Nothing is created here: a journal file, a SQLite store
+or a study only comes into being once every check has passed.
 """
 
 from __future__ import annotations
@@ -63,9 +62,9 @@ def check_sweeper(sweeper: DictConfig, objective_direction: str) -> None:
     require(is_int(sweeper.max_retries) and sweeper.max_retries >= 0, "max_retries",
             sweeper.max_retries, "must be a whole number >= 0 (retries of a trial whose "
             "worker stopped)")  # fmt: skip
-    timeout = sweeper.reach_timeout
-    require(isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0,
-            "reach_timeout", timeout, "must be a number of seconds > 0")  # fmt: skip
+    # The schema's float refuses another type as the config is composed.
+    require(sweeper.reach_timeout > 0, "reach_timeout", sweeper.reach_timeout,
+            "must be a number of seconds > 0")  # fmt: skip
     require(sweeper.grace_period > sweeper.heartbeat_interval, "grace_period",
             sweeper.grace_period, f"must exceed hydra.sweeper.heartbeat_interval="
             f"{sweeper.heartbeat_interval}, or live trials would be failed")  # fmt: skip
