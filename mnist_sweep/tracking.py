@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import gc
 import hashlib
+import inspect
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -148,9 +150,9 @@ def tracked_run(
     run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run in `config`'s store with `params` logged; it ends FAILED if the body
-    raises. Its name: `config.run_name`, else a name in `tags` (a trial's), else `name`, else
-    MLflow's random one. With `run_id`, that run goes on (a resumed run): params it has
-    already logged stay as they are."""
+    raises, Ctrl-C included (`release_interrupted`). Its name: `config.run_name`, else a name
+    in `tags` (a trial's), else `name`, else MLflow's random one. With `run_id`, that run goes
+    on (a resumed run): params it has already logged stay as they are."""
     tags = dict(tags or {})
     if config.run_name is not None or MLFLOW_RUN_NAME in tags:
         name = config.run_name  # MLflow refuses a name given both ways
@@ -162,8 +164,35 @@ def tracked_run(
         name = None  # it has its name
     with mlflow.start_run(run_id=run_id, experiment_id=experiment, run_name=name,
                           tags=tags) as run:  # fmt: skip
-        mlflow.log_params(dict(params))
-        yield run
+        try:
+            mlflow.log_params(dict(params))
+            yield run
+        except BaseException as error:
+            release_interrupted(error)
+            raise
+
+
+def release_interrupted(error: BaseException) -> None:
+    """Let go of what an interrupt (Ctrl-C, or SIGTERM raised as Ctrl-C) holds in the frames it
+    passed through, which have ended: its traceback stops at the frames still running.
+
+    Ctrl-C can land inside a query of MLflow's SQLite store, and the ended frames then keep
+    that query's cursor open (through their locals and closures): its lock on the database
+    file made every later write wait MLflow's 20 s busy timeout and fail, the run's own end
+    first, which turned the interrupt into an ordinary error. An ordinary exception keeps its
+    whole traceback: the store rolled its query back.
+    """
+    if isinstance(error, Exception) or error.__traceback__ is None:
+        return
+    running, frame = set(), inspect.currentframe()
+    while frame is not None:
+        running.add(frame)
+        frame = frame.f_back
+    last = error.__traceback__
+    while last.tb_next is not None and last.tb_next.tb_frame in running:
+        last = last.tb_next
+    last.tb_next = None
+    gc.collect()  # the ended frames may be in reference cycles
 
 
 def output_dir_of(config: MlflowConfig, run_id: str) -> str | None:

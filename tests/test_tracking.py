@@ -4,6 +4,7 @@ a run."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import mlflow
@@ -130,3 +131,46 @@ def test_evaluate_asks_for_the_store_when_the_recorded_one_is_not_here(
     assert evaluate.main([str(moved)]) == 2
     assert "which does not exist here: pass --tracking-uri" in capsys.readouterr().err
     assert not (tmp_path / "gone").exists()
+
+
+def interrupt_once(target: object, name: str, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Make `target.name` raise KeyboardInterrupt (as a Ctrl-C landing there would) at its
+    first call of a SELECT after the returned list is armed (`.append(True)`)."""
+    real, armed = getattr(target, name), []
+
+    def interrupted(*args, **kwargs):
+        if armed and (name != "do_execute" or args[2].startswith("SELECT")):
+            armed.pop()
+            if name == "do_execute":
+                real(*args, **kwargs)  # the query has run: its cursor holds rows
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, interrupted)
+    return armed
+
+
+@pytest.mark.parametrize("where", ["after the query", "reading its rows"])
+def test_ctrl_c_inside_a_database_read_ends_the_run_at_once_and_stays_ctrl_c(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Ctrl-C can land while MLflow's SQLite store reads rows (both places were seen in a
+    sweep's log): the ended frames kept that read's cursor, and with it a lock on the database,
+    so the run's own end waited 20 s and failed, and Ctrl-C became an ordinary error (a trial
+    failed, not stopped)."""
+    from sqlalchemy.engine.default import DefaultDialect
+    from sqlalchemy.orm import loading
+
+    target, name = {"after the query": (DefaultDialect, "do_execute"),
+                    "reading its rows": (loading, "_instance_processor")}[where]  # fmt: skip
+    armed = interrupt_once(target, name, monkeypatch)
+    config = MlflowConfig(f"sqlite:///{tmp_path}/mlflow.db", "interrupted", "run")
+    with pytest.raises(KeyboardInterrupt), tracking.tracked_run(config, {}) as run:
+        tracking.log_metrics({"val_accuracy": 0.5}, step=1)
+        armed.append(True)
+        started = time.monotonic()
+        tracking.log_metrics({"val_accuracy": 0.6}, step=2)
+    assert not armed  # the interrupt fired
+    assert time.monotonic() - started < 10  # no wait on a lock
+    ended = mlflow.MlflowClient(config.tracking_uri).get_run(run.info.run_id)
+    assert ended.info.status == "FAILED"  # MLflow's word for a run that raised

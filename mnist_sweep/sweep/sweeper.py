@@ -80,7 +80,7 @@ from hydra_plugins.hydra_optuna_sweeper._impl import (
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from mnist_sweep import objective
+from mnist_sweep import objective, tracking
 from mnist_sweep.config import ConfigError, RunConfig, to_run_config
 from mnist_sweep.masking import masked
 from mnist_sweep.sweep import checks, confirm, fingerprint, liveness, packing, records, retry
@@ -200,7 +200,8 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
             with one_line_errors("The sweep stopped"):
                 self._run_trials(study, space, self.n_trials, "trial")
                 confirmed = self._confirm(study, space, run_config)
-        except BaseException:
+        except BaseException as error:
+            tracking.release_interrupted(error)  # before close_after_fault writes to MLflow
             records.close_after_fault(self.client, self.experiment, self.identity, study, parent)
             raise
         with one_line_errors("Ending the sweep"):
