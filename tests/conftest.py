@@ -7,6 +7,7 @@ train for long or run sweeps, the rest are fast. The end of a run prints each ti
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,14 @@ TIERS = ("fast", "slow", "server")
 def tier(keywords) -> str:
     """A test's tier, from its markers: server before slow."""
     return next((name for name in ("server", "slow") if name in keywords), "fast")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite started in the background of a script (`pytest &`, nohup) inherits SIGINT
+    ignored and would pass that on to the sweeps its tests stop with Ctrl-C; a handler of its
+    own lets them start with the default one."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

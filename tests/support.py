@@ -143,10 +143,7 @@ def interrupt_mid_trial(
 ) -> list[TrialState]:
     """Start a sweep, send it `stop` once a trial has `ended` and a later one is running, and
     return the trial states it leaves."""
-    process = subprocess.Popen(
-        sweep_command(data_root, *overrides), cwd=folder,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    process, log = start_logged_sweep(data_root, folder, overrides)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         with contextlib.suppress(KeyError):  # the journal file exists before the study does
@@ -154,8 +151,7 @@ def interrupt_mid_trial(
             if ended in seen and seen[-1] is TrialState.RUNNING:
                 break
         time.sleep(0.02)
-    os.kill(process.pid, stop)
-    process.wait(timeout=60)
+    stop_sweep(process, stop, log)
     return states(folder)
 
 
@@ -165,17 +161,37 @@ def stop_when_saved(
     """Start a sweep and send it `stop` as soon as trial `trial` has saved the training state of
     an epoch; the epoch of the state it leaves."""
     state = folder / "multirun" / "mlp" / f"trial_{trial}" / "state.pt"
-    process = subprocess.Popen(
-        sweep_command(data_root, *overrides), cwd=folder,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    process, log = start_logged_sweep(data_root, folder, overrides)
     deadline = time.monotonic() + 300
     while not state.exists():
         assert process.poll() is None and time.monotonic() < deadline, "no state was saved"
         time.sleep(0.01)
-    os.kill(process.pid, stop)
-    process.wait(timeout=60)
+    stop_sweep(process, stop, log)
     return torch.load(state, weights_only=True)["epoch"]
+
+
+def start_logged_sweep(
+    data_root: Path, folder: Path, overrides: list[str]
+) -> tuple[subprocess.Popen, Path]:
+    """A sweep started in `folder`, its output going to a log there."""
+    log = folder / "stopped-sweep.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            sweep_command(data_root, *overrides), cwd=folder, stdout=output,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    return process, log
+
+
+def stop_sweep(process: subprocess.Popen, stop: signal.Signals, log: Path) -> None:
+    """Send `stop`; a sweep still running a minute later fails the test with its log."""
+    os.kill(process.pid, stop)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        pytest.fail(f"the sweep ran on 60 s after {stop.name}:\n{log.read_text()[-5000:]}")
 
 
 def mlflow_runs(folder: Path, role: str):
