@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,8 +21,9 @@ import pytest
 from optuna.trial import TrialState
 
 from mnist_sweep import tracking
+from mnist_sweep.config import MlflowConfig
 from mnist_sweep.sweep import liveness, records
-from mnist_sweep.sweep.checks import check_sweeper
+from mnist_sweep.sweep.checks import check_sweeper, probe_sqlite
 from mnist_sweep.sweep.journal import HealingJournalFileBackend
 
 from tests.support import (
@@ -92,6 +94,34 @@ def test_the_traceback_is_there_on_request(data_root: Path, tmp_path: Path) -> N
     done = sweep_in(tmp_path, data_root, "hydra.sweeper.n_trials=0",
                     env={**os.environ, "HYDRA_FULL_ERROR": "1"})  # fmt: skip
     assert done.returncode == 1 and "Traceback" in done.stderr and "SweepError" in done.stderr
+
+
+def test_a_store_whose_writer_was_killed_mid_commit_is_rolled_back_not_refused(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of a sweep while MLflow commits leaves `mlflow.db-journal`, a hot journal: the
+    next start must roll it back (SQLite's own recovery), not call the store unreadable."""
+    import sqlite3
+
+    database = tmp_path / "mlflow.db"
+    tracking.experiment_id(MlflowConfig(f"sqlite:///{database}", "kept", None))
+    writer = (
+        "import os, signal, sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1])\n"
+        "db.execute('PRAGMA cache_size=1')  # pages reach the file before the commit\n"
+        "db.execute('BEGIN')\n"
+        "db.execute('CREATE TABLE padding (x)')\n"
+        "db.executemany('INSERT INTO padding VALUES (?)', [('x' * 500,)] * 5000)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    subprocess.run([sys.executable, "-c", writer, str(database)], check=False, timeout=60)
+    assert (tmp_path / "mlflow.db-journal").stat().st_size > 0
+    probe_sqlite("mlflow.tracking_uri=...", database)
+    assert not (tmp_path / "mlflow.db-journal").exists()
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        assert "experiments" in tables and "padding" not in tables
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
 @pytest.mark.slow

@@ -175,7 +175,11 @@ def probe_tracking(uri: str, timeout: float) -> None:
 
 
 def probe_sqlite(what: str, database: Path) -> None:
-    """An existing file must be an MLflow store; a new one needs a writable folder."""
+    """An existing file must be an MLflow store; a new one needs a writable folder.
+
+    Opened for writing (never created): a writer killed mid-commit leaves a hot journal, which
+    SQLite rolls back on opening, as MLflow's own connection would; read-only, it is refused
+    ("attempt to write a readonly database") and a sound store looks broken."""
     import sqlite3
 
     if not database.exists():
@@ -184,7 +188,7 @@ def probe_sqlite(what: str, database: Path) -> None:
             raise SweepError(f"{what}: {folder} is not writable")
         return
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=rw", uri=True)) as db:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     except sqlite3.Error as error:
         raise SweepError(f"{what}: {database} is not a readable SQLite store ({error})") from error
