@@ -133,20 +133,37 @@ def test_evaluate_asks_for_the_store_when_the_recorded_one_is_not_here(
     assert not (tmp_path / "gone").exists()
 
 
-def interrupt_once(target: object, name: str, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Make `target.name` raise KeyboardInterrupt (as a Ctrl-C landing there would) at its
-    first call of a SELECT after the returned list is armed (`.append(True)`)."""
-    real, armed = getattr(target, name), []
+def interrupt_at(where: str, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Make SQLAlchemy raise KeyboardInterrupt, as a Ctrl-C landing there would, once the
+    returned list is armed (`.append(True)`): "after the query", right after a SELECT ran (its
+    cursor holds rows), or "reading its rows", as the ORM starts on them."""
+    from sqlalchemy.engine.default import DefaultDialect
+    from sqlalchemy.orm import loading
 
-    def interrupted(*args, **kwargs):
-        if armed and (name != "do_execute" or args[2].startswith("SELECT")):
-            armed.pop()
-            if name == "do_execute":
-                real(*args, **kwargs)  # the query has run: its cursor holds rows
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
+    armed: list[bool] = []
 
-    monkeypatch.setattr(target, name, interrupted)
+    def fire() -> None:
+        armed.pop()
+        raise KeyboardInterrupt
+
+    if where == "after the query":
+        execute = DefaultDialect.do_execute
+
+        def executed(self, cursor, statement, *args) -> None:
+            execute(self, cursor, statement, *args)
+            if armed and statement.startswith("SELECT"):
+                fire()
+
+        monkeypatch.setattr(DefaultDialect, "do_execute", executed)
+    else:
+        read = loading._instance_processor
+
+        def reading(*args, **kwargs):
+            if armed:
+                fire()
+            return read(*args, **kwargs)
+
+        monkeypatch.setattr(loading, "_instance_processor", reading)
     return armed
 
 
@@ -158,12 +175,7 @@ def test_ctrl_c_inside_a_database_read_ends_the_run_at_once_and_stays_ctrl_c(
     sweep's log): the ended frames kept that read's cursor, and with it a lock on the database,
     so the run's own end waited 20 s and failed, and Ctrl-C became an ordinary error (a trial
     failed, not stopped)."""
-    from sqlalchemy.engine.default import DefaultDialect
-    from sqlalchemy.orm import loading
-
-    target, name = {"after the query": (DefaultDialect, "do_execute"),
-                    "reading its rows": (loading, "_instance_processor")}[where]  # fmt: skip
-    armed = interrupt_once(target, name, monkeypatch)
+    armed = interrupt_at(where, monkeypatch)
     config = MlflowConfig(f"sqlite:///{tmp_path}/mlflow.db", "interrupted", "run")
     with pytest.raises(KeyboardInterrupt), tracking.tracked_run(config, {}) as run:
         tracking.log_metrics({"val_accuracy": 0.5}, step=1)
